@@ -1,0 +1,69 @@
+"""Datasets: [0,1] images, disjoint splits, deterministic batches, clear errors for missing files."""
+import pytest
+import torch
+
+from training.config import DataConfig
+from training.data import DatasetUnavailable, TensorLoader, load, random_crop_flip
+
+
+def test_digits_embedded_and_resized():
+    d = load(DataConfig(name="digits", val_size=100))
+    assert d.train_x.shape[1:] == (1, 8, 8) and d.num_classes == 10
+    assert d.train_x.min() >= 0 and d.train_x.max() <= 1
+    n = len(d.train_y) + len(d.val_y) + len(d.test_y)
+    assert n == 1797 and len(d.val_y) == 100
+    big = load(DataConfig(name="digits", image_size=32, channels=3))
+    assert big.train_x.shape[1:] == (3, 32, 32) and big.image_size == 32 and big.channels == 3
+    assert big.train_x.min() >= 0 and big.train_x.max() <= 1
+
+
+def test_splits_are_disjoint():
+    d = load(DataConfig(name="digits"))
+    flat = lambda t: {tuple(r.tolist()) for r in t.flatten(1)}  # noqa: E731
+    tr, va, te = flat(d.train_x), flat(d.val_x), flat(d.test_x)
+    # digits has a handful of duplicate images; the splits are disjoint by index, so overlaps stay tiny
+    assert len(tr & va) <= 2 and len(tr & te) <= 5
+
+
+def test_synthetic_any_shape():
+    d = load(DataConfig(name="synthetic", channels=1, image_size=12, num_classes=4, train_size=64, test_size=32, val_size=8))
+    assert d.train_x.shape == (64, 1, 12, 12) and d.test_x.shape == (32, 1, 12, 12)
+    assert set(d.train_y.tolist()) <= {0, 1, 2, 3}
+    again = load(DataConfig(name="synthetic", channels=1, image_size=12, num_classes=4, train_size=64, test_size=32, val_size=8))
+    assert torch.equal(d.train_x, again.train_x)
+
+
+def test_loader_epochs_are_deterministic_and_cover_the_set():
+    x = torch.rand(50, 3, 8, 8)
+    y = torch.arange(50)
+    ld = TensorLoader(x, y, 16, seed=3, augment=True, padding=1, flip=True)
+    a = [b for b in ld.epoch(2)]
+    b = [b for b in ld.epoch(2)]
+    c = [b for b in ld.epoch(3)]
+    assert len(a) == len(ld) == 4
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])
+    assert sorted(torch.cat([t[1] for t in a]).tolist()) == list(range(50))
+
+
+def test_crop_flip_is_a_shifted_or_flipped_copy():
+    x = torch.rand(64, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(x, 2, True, g)
+    assert out.shape == x.shape
+    # zero padding: every output pixel is an input pixel of the same image (possibly flipped) or 0
+    for i in range(8):
+        vals = set(x[i].flatten().tolist()) | {0.0}
+        assert set(out[i].flatten().tolist()) <= vals
+    assert torch.equal(random_crop_flip(x, 0, False, g), x)
+
+
+def test_missing_torchvision_files_say_where(tmp_path):
+    with pytest.raises(DatasetUnavailable, match=str(tmp_path)) as e:
+        load(DataConfig(name="cifar10", root=str(tmp_path), download=False))
+    assert "cifar-10" in str(e.value)
+
+
+def test_missing_imagefolder_says_layout(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="train/<class>"):
+        load(DataConfig(name="imagefolder", root=str(tmp_path)))

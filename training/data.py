@@ -1,0 +1,318 @@
+"""Datasets as images in [0,1] (normalisation is the model's first layer, so attacks work in pixel space).
+
+Every dataset gives three splits: ``train``, ``val`` (held out of the training set, for choosing the best
+checkpoint; never the test set) and ``test``. Small datasets (digits, synthetic, CIFAR, SVHN, MNIST) live as one
+tensor on the training device and are batched with random crop and flip done on whole batches at once
+(airbench's loader is the model: no per-sample Python, no worker processes). Image folders (Tiny ImageNet,
+ImageNet) go through a torch DataLoader with workers.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from training.config import DataConfig
+from training.registry import DATASETS
+
+
+class DatasetUnavailable(RuntimeError):
+    """The dataset's files are missing and could not be downloaded; the message says what to put where."""
+
+
+@dataclass
+class Data:
+    """Splits of one dataset. Tensors are float32 in [0,1], shape (N, C, H, W); labels int64."""
+
+    train_x: torch.Tensor | None
+    train_y: torch.Tensor | None
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train_dataset: torch.utils.data.Dataset | None = None  # large datasets: a DataLoader is used instead
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_y) if self.train_y is not None else len(self.train_dataset)  # type: ignore[arg-type]
+
+    def to(self, device: torch.device) -> "Data":
+        for k in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+            v = getattr(self, k)
+            if v is not None:
+                setattr(self, k, v.to(device))
+        return self
+
+
+# ------------------------------------------------------------------------------------------ batching
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
+    n, c, h, w = x.shape
+    if padding > 0:
+        xp = F.pad(x, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=generator.device)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=generator.device)
+        dy, dx = dy.to(x.device), dx.to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(n, c, h, w + 2 * padding)
+        xp = xp.gather(2, rows)  # (n, c, h, w+2p)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(n, c, h, w)
+        x = xp.gather(3, cols)
+    if flip:
+        m = torch.rand(n, generator=generator, device=generator.device).to(x.device) < 0.5
+        x = torch.where(m[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class TensorLoader:
+    """Shuffled, augmented batches of a device-resident tensor dataset.
+
+    The order and the augmentation of epoch ``e`` depend only on (seed, e), so a run resumed at an epoch
+    boundary sees exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int, augment: bool, padding: int, flip: bool
+    ) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.seed, self.augment, self.padding, self.flip = seed, augment, padding, flip
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(len(self.y), generator=g).to(self.x.device)
+        for i in range(len(self)):
+            idx = perm[i * self.batch_size : (i + 1) * self.batch_size]
+            xb, yb = self.x[idx], self.y[idx]
+            if self.augment:
+                xb = random_crop_flip(xb, self.padding, self.flip, g)
+            yield xb, yb
+
+
+class DataLoaderAdapter:
+    """Same interface as TensorLoader over a torch DataLoader (large image folders)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, *, seed: int, workers: int, device) -> None:
+        self.dataset, self.batch_size, self.seed, self.workers, self.device = dataset, batch_size, seed, workers, device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)  # type: ignore[arg-type]
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=g,
+            num_workers=self.workers,
+            pin_memory=torch.device(self.device).type == "cuda",
+            persistent_workers=False,
+        )
+        for xb, yb in loader:
+            yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+
+def make_train_loader(data: Data, cfg: DataConfig, batch_size: int, seed: int, device) -> TensorLoader | DataLoaderAdapter:
+    if data.train_x is None:
+        return DataLoaderAdapter(data.train_dataset, batch_size, seed=seed, workers=cfg.num_workers, device=device)
+    padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, round(4 * data.image_size / 32))
+    return TensorLoader(
+        data.train_x, data.train_y, batch_size, seed=seed, augment=cfg.augment, padding=padding, flip=cfg.flip
+    )
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _split_val(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
+    """Hold ``val_size`` images out of the training set (a fixed seeded permutation, as Rice et al.)."""
+    if val_size >= len(y):
+        raise ValueError(f"data.val_size={val_size} leaves no training images (training set has {len(y)})")
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    val, tr = perm[:val_size], perm[val_size:]
+    return x[tr], y[tr], x[val], y[val]
+
+
+def _shape(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """Apply the configured channels and image size (bilinear resize, grey -> 3 channels by repetition)."""
+    if cfg.channels is not None and cfg.channels != x.shape[1]:
+        if cfg.channels == 3 and x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        elif cfg.channels == 1 and x.shape[1] == 3:
+            x = x.mean(1, keepdim=True)
+    if cfg.image_size is not None and cfg.image_size != x.shape[-1]:
+        x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
+        x = x.clamp(0, 1)
+    return x.contiguous()
+
+
+def _finish(
+    cfg: DataConfig, train_x, train_y, test_x, test_y, num_classes: int, mean=None, std=None
+) -> Data:
+    train_x, test_x = _shape(train_x, cfg), _shape(test_x, cfg)
+    tx, ty, vx, vy = _split_val(train_x, train_y, cfg.val_size, cfg.split_seed)
+    if cfg.train_limit is not None:
+        tx, ty = tx[: cfg.train_limit], ty[: cfg.train_limit]
+    if cfg.test_limit is not None:
+        test_x, test_y = test_x[: cfg.test_limit], test_y[: cfg.test_limit]
+    c = train_x.shape[1]
+    if mean is None or len(mean) != c:
+        # statistics of the training split itself (digits, synthetic, or a channel count changed by the config)
+        mean = tuple(tx.mean(dim=(0, 2, 3)).tolist())
+        std = tuple(tx.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return Data(tx, ty, vx, vy, test_x, test_y, num_classes, c, train_x.shape[-1], tuple(mean), tuple(std))
+
+
+# ------------------------------------------------------------------------------------------ datasets
+
+
+@DATASETS.register("digits")
+def load_digits(cfg: DataConfig) -> Data:
+    """scikit-learn's handwritten digits (1,797 real 8x8 grey images, 10 classes), shipped inside the package.
+
+    A fixed stratified 20% (seed 0) is the test set; ``val_size`` images of the rest are the validation split.
+    """
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    # stratified test split: every 5th image of each class (deterministic, no sklearn RNG involved)
+    test_mask = torch.zeros(len(y), dtype=torch.bool)
+    for c in range(10):
+        idx = (y == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(c))]
+        test_mask[idx[::5]] = True
+    return _finish(cfg, x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], 10)
+
+
+@DATASETS.register("synthetic")
+def load_synthetic(cfg: DataConfig) -> Data:
+    """Deterministic generated images: one smooth random template per class plus noise, for tests.
+
+    Shape: ``channels`` (default 3) x ``image_size`` (default 32); ``num_classes``, ``train_size``, ``test_size``.
+    """
+    c = cfg.channels or 3
+    s = cfg.image_size or 32
+    g = torch.Generator().manual_seed(1234)
+    templates = torch.rand(cfg.num_classes, c, 4, 4, generator=g)
+    templates = F.interpolate(templates, size=(s, s), mode="bilinear", align_corners=False)
+
+    def make(n: int, seed: int):
+        gg = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, cfg.num_classes, (n,), generator=gg)
+        x = templates[y] + 0.15 * torch.randn(n, c, s, s, generator=gg)
+        return x.clamp(0, 1), y
+
+    tx, ty = make(cfg.train_size + cfg.val_size, 1)
+    ex, ey = make(cfg.test_size, 2)
+    return _finish(cfg, tx, ty, ex, ey, cfg.num_classes)
+
+
+_TV = {
+    # name: (torchvision class, mean, std, files to place under root when there is no network)
+    "cifar10": ("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), "cifar-10-python.tar.gz or cifar-10-batches-py/"),
+    "cifar100": ("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "cifar-100-python.tar.gz or cifar-100-python/"),
+    "svhn": ("SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "train_32x32.mat and test_32x32.mat"),
+    "mnist": ("MNIST", (0.1307,), (0.3081,), "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte(.gz)"),
+}
+
+
+def _torchvision(name: str, cfg: DataConfig) -> Data:
+    import torchvision
+
+    cls_name, mean, std, files = _TV[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    root = os.path.expanduser(cfg.root)
+
+    def get(train: bool):
+        kw = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
+        try:
+            return cls(root, download=cfg.download, **kw)
+        except Exception as e:  # no network, corrupt archive, missing files
+            raise DatasetUnavailable(
+                f"data.name={name!r}: could not load the dataset from data.root={root!r} "
+                f"({type(e).__name__}: {e}). Put {files} into {root} (or set data.root to where they are); "
+                f"with network access, data.download: true fetches them."
+            ) from None
+
+    tr, te = get(True), get(False)
+
+    def tensors(ds):
+        x = torch.as_tensor(ds.data)
+        if x.ndim == 3:  # MNIST (N, H, W)
+            x = x.unsqueeze(1)
+        elif x.shape[-1] == 3:  # CIFAR (N, H, W, C)
+            x = x.permute(0, 3, 1, 2)
+        y = torch.as_tensor(ds.labels if hasattr(ds, "labels") else ds.targets, dtype=torch.int64)
+        return x.float().div_(255.0), y
+
+    (tx, ty), (ex, ey) = tensors(tr), tensors(te)
+    return _finish(cfg, tx, ty, ex, ey, 100 if name == "cifar100" else 10, mean, std)
+
+
+for _name in _TV:
+    DATASETS.register(_name, lambda cfg, _n=_name: _torchvision(_n, cfg))
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(cfg: DataConfig) -> Data:
+    """``root/train/<class>/*`` and ``root/val/<class>/*`` (or ``root/test``): Tiny ImageNet, ImageNet.
+
+    Training goes through a DataLoader with workers (RandomResizedCrop + flip at ``image_size``, default 64);
+    the validation split (``val_size`` training images) and the test set are loaded once as tensors (resize +
+    centre crop), since the evaluation attacks need them repeatedly.
+    """
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    root = Path(os.path.expanduser(cfg.root))
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DatasetUnavailable(
+            f"data.name='imagefolder': expected {root}/train/<class>/<images> and {root}/val/<class>/<images> "
+            f"(or {root}/test/...); set data.root to the folder that holds them"
+        )
+    s = cfg.image_size or 64
+    train_tf = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip(), T.ToTensor()] if cfg.augment else [T.Resize(s), T.CenterCrop(s), T.ToTensor()])
+    eval_tf = T.Compose([T.Resize(int(round(s / 0.875))), T.CenterCrop(s), T.ToTensor()])
+    train_full = ImageFolder(str(root / "train"), transform=train_tf)
+    perm = torch.randperm(len(train_full), generator=torch.Generator().manual_seed(cfg.split_seed)).tolist()
+    val_idx, tr_idx = perm[: cfg.val_size], perm[cfg.val_size :]
+    if cfg.train_limit is not None:
+        tr_idx = tr_idx[: cfg.train_limit]
+    train_ds = torch.utils.data.Subset(train_full, tr_idx)
+    val_ds = torch.utils.data.Subset(ImageFolder(str(root / "train"), transform=eval_tf), val_idx)
+    test_full = ImageFolder(str(test_dir), transform=eval_tf)
+    n_test = len(test_full) if cfg.test_limit is None else min(cfg.test_limit, len(test_full))
+    test_ds = torch.utils.data.Subset(test_full, list(range(n_test)))
+
+    def stack(ds):
+        if len(ds) == 0:
+            return torch.zeros(0, 3, s, s), torch.zeros(0, dtype=torch.int64)
+        xs, ys = zip(*(ds[i] for i in range(len(ds))))
+        return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+
+    vx, vy = stack(val_ds)
+    ex, ey = stack(test_ds)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return Data(None, None, vx, vy, ex, ey, len(train_full.classes), 3, s, mean, std, train_dataset=train_ds)
+
+
+def load(cfg: DataConfig) -> Data:
+    """Load the configured dataset (CPU tensors; move with ``Data.to(device)``)."""
+    return DATASETS.get(cfg.name)(cfg)

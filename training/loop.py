@@ -1,0 +1,364 @@
+"""run(config): the one training loop. Trains, evaluates, writes checkpoints and yields metrics.
+
+Knows nothing of Ray or MLflow. Yields one flat dict per epoch, then a final dict (``"final": True``) with the
+outcome and the robustness matrix of the best and the last checkpoint. Everything it writes goes to
+``cfg.out_dir``:
+
+    config.json     the resolved config
+    metrics.jsonl   one line per epoch (written before the epoch's checkpoint, trimmed on resume: never twice)
+    last.pt         everything a resume needs (see training/checkpoint.py)
+    best.pt         the epoch with the highest ``eval.best_metric`` on the validation split (never the test set)
+    results.json    config + final record + per-epoch records
+
+A run resumed from ``last.pt`` ends with the same numbers as one never interrupted: the data order and
+augmentation of an epoch depend only on (seed, epoch), and every RNG state is in the checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from training import checkpoint as ckpt
+from training.config import RunConfig
+from training.data import Data, load as load_data, make_train_loader
+from training.evaluate import accuracy, attack_accuracy, robustness_matrix
+from training.methods import StepContext
+from training.models import create_model
+from training.registry import METHODS
+from training.schedules import Schedule
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but CUDA is not available on this machine (use device: auto or cpu)")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Progress:
+    """A one-line progress bar on stderr (no dependency; rate-limited)."""
+
+    def __init__(self, enabled: bool, total_epochs: int) -> None:
+        self.enabled, self.total_epochs, self.last = enabled, total_epochs, 0.0
+
+    def update(self, epoch: int, i: int, n: int, msg: str = "", force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        if not force and now - self.last < 0.5:
+            return
+        self.last = now
+        w = 24
+        done = int(w * i / max(n, 1))
+        sys.stderr.write(f"\repoch {epoch}/{self.total_epochs} [{'=' * done}{' ' * (w - done)}] {i}/{n} {msg}   ")
+        sys.stderr.flush()
+
+    def line(self, msg: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + msg + " " * 20 + "\n")
+            sys.stderr.flush()
+
+
+def co_signature(best_pgd: float, prev_acc: float | None, pgd: float, acc: float, drop: float) -> bool:
+    """Catastrophic overfitting's signature (Wong et al. 2020; Kim et al. 2021): PGD accuracy on the fixed
+    training batch falls more than ``drop`` below its best so far, while the accuracy on the method's own
+    training examples does not fall (single-step examples get easier as multi-step ones get harder)."""
+    rising = prev_acc is None or acc >= prev_acc
+    return pgd < best_pgd - drop and rising
+
+
+def _fixed_train_batch(data: Data, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n training images, unaugmented: the batch the CO check and Figure 26's curve are read on."""
+    if data.train_x is not None:
+        return data.train_x[:n], data.train_y[:n]
+    ds = data.train_dataset
+    xs, ys = zip(*(ds[i] for i in range(min(n, len(ds)))))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def _finite_model(model: torch.nn.Module) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = False) -> Iterator[dict[str, Any]]:
+    """Train ``cfg``; yield a metrics dict per epoch and a final result dict.
+
+    Args:
+        cfg: the validated run config.
+        resume: a checkpoint file (``last.pt``) or a run folder holding one; training continues after its epoch.
+        progress: print a progress bar to stderr.
+    """
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(cfg.seed)
+
+    # ------------------------------------------------------------------ data, model, optimiser, method
+    data = load_data(cfg.data).to(device)
+    model = create_model(
+        cfg.model.name,
+        num_classes=data.num_classes,
+        in_channels=data.channels,
+        image_size=data.image_size,
+        activation=cfg.model.activation,
+        act_alpha=cfg.model.act_alpha,
+        smooth_grad_for=cfg.model.smooth_grad_for,
+        width=cfg.model.width,
+        mean=data.mean,
+        std=data.std,
+    ).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_model = torch.compile(model) if cfg.compile else model
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+        nesterov=cfg.optim.nesterov,
+    )
+    method_cls = METHODS.get(cfg.method.name)
+    params = method_cls.Params.from_dict(dict(cfg.method.params))
+    loader = make_train_loader(data, cfg.data, cfg.batch_size, cfg.seed, device)
+    # the method object is built before the schedule so its replay count (Free-AT's m) is known
+    ctx = StepContext(train_model, optimizer, None, cfg.eps, data.num_classes, device, cfg.precision)
+    method = method_cls(params, ctx)
+    data_epochs = math.ceil(cfg.epochs / method.replays)
+    schedule = Schedule(optimizer, data_epochs * len(loader) * method.replays, cfg.optim, cfg.schedule)
+    ctx.schedule = schedule
+
+    fixed_x, fixed_y = _fixed_train_batch(data, cfg.eval.train_batch_size)
+    fixed_x, fixed_y = fixed_x.to(device), fixed_y.to(device)
+    pgd_kw = dict(eps=cfg.eps, steps=cfg.eval.epoch_pgd_steps, alpha=(cfg.eval.epoch_pgd_alpha_255 / 255.0) if cfg.eval.epoch_pgd_alpha_255 else cfg.eps / 4)
+
+    # ------------------------------------------------------------------ loop state, resume
+    state: dict[str, Any] = {
+        "best_value": -math.inf,
+        "best_epoch": None,
+        "best_train_pgd": -math.inf,
+        "prev_train_acc": None,
+        "co_epoch": None,
+        "train_s": 0.0,
+    }
+    start_epoch = 1
+    if resume is not None:
+        ck = ckpt.load(resume, map_location=device)
+        saved = RunConfig.from_dict(ck["config"])
+        if saved.hash() != cfg.hash():
+            diff = {
+                k: (v, cfg.to_dict_flat().get(k))
+                for k, v in saved.to_dict_flat().items()
+                if cfg.to_dict_flat().get(k) != v and k not in ("name", "out_dir")
+            }
+            raise ValueError(f"resume={resume}: the checkpoint was written by a different config: {diff}")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        schedule.load_state_dict(ck["schedule"])
+        method.load_state_dict(ck["method"])
+        state = ck["loop"]
+        ckpt.set_rng_state(ck["rng"])
+        start_epoch = ck["epoch"] + 1
+    _trim_metrics(out / "metrics.jsonl", start_epoch - 1)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+
+    def payload(epoch: int) -> dict[str, Any]:
+        return {
+            "config": cfg.to_dict(),
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "method": method.state_dict(),
+            "loop": dict(state),
+            "rng": ckpt.rng_state(),
+        }
+
+    bar = _Progress(progress, data_epochs)
+    outcome, diverged_epoch, prev_weights = "finished", None, None
+    history: list[dict[str, Any]] = _read_metrics(out / "metrics.jsonl")
+
+    # ------------------------------------------------------------------ epochs
+    for epoch in range(start_epoch, data_epochs + 1):
+        if cfg.co.rollback:
+            prev_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen, n_batches = 0, len(loader)
+        _sync(device)
+        t0 = time.perf_counter()
+        for it, (x, y) in enumerate(loader.epoch(epoch)):
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            st = method.step(x, y, it)
+            loss_sum += st["loss"].float()
+            correct += st["correct"].float()
+            seen += len(y)
+            if progress:
+                bar.update(epoch, it + 1, n_batches, f"loss {loss_sum.item() / (it + 1):.3f}")
+        _sync(device)
+        epoch_s = time.perf_counter() - t0
+        state["train_s"] += epoch_s
+        train_loss = loss_sum.item() / max(n_batches, 1)
+        train_acc = correct.item() / max(seen, 1)
+
+        if not math.isfinite(train_loss) or not _finite_model(model):
+            outcome, diverged_epoch = "diverged", epoch
+            bar.line(f"epoch {epoch}: loss is {train_loss} -> diverged; stopping this run")
+            break
+
+        # ---------------------------------------------------------- per-epoch evaluation (eval mode)
+        t1 = time.perf_counter()
+        seed = cfg.eval.seed + epoch
+        train_pgd = attack_accuracy(model, fixed_x, fixed_y, "pgd", seed=seed, batch_size=cfg.eval.batch_size, **pgd_kw)
+        if len(data.val_y):
+            val_clean = accuracy(model, data.val_x, data.val_y, batch_size=cfg.eval.batch_size)
+            val_pgd = attack_accuracy(model, data.val_x, data.val_y, "pgd", seed=seed, batch_size=cfg.eval.batch_size, **pgd_kw)
+        else:
+            val_clean = val_pgd = float("nan")
+        eval_s = time.perf_counter() - t1
+
+        # ---------------------------------------------------------- catastrophic overfitting (rule in COConfig)
+        co = cfg.co.detect and epoch >= cfg.co.min_epoch and state["co_epoch"] is None and co_signature(
+            state["best_train_pgd"], state["prev_train_acc"], train_pgd, train_acc, cfg.co.drop
+        )
+        if co:
+            state["co_epoch"] = epoch
+        state["best_train_pgd"] = max(state["best_train_pgd"], train_pgd)
+        state["prev_train_acc"] = train_acc
+
+        record = {
+            "epoch": epoch,
+            "train/loss": train_loss,
+            "train/acc": train_acc,
+            "train/adv_success": 1.0 - train_acc,
+            "train/pgd_acc": train_pgd,
+            "val/clean_acc": val_clean,
+            "val/pgd_acc": val_pgd,
+            "lr": schedule.lr,
+            "time/epoch_s": epoch_s,
+            "time/epoch_eval_s": eval_s,
+            "time/images_per_s": seen / epoch_s if epoch_s > 0 else float("nan"),
+            "time/train_s": state["train_s"],
+            "co/detected": int(co),
+        }
+        rollback = co and cfg.co.rollback
+        if rollback:
+            model.load_state_dict(prev_weights)
+            outcome = "catastrophic_overfitting"
+        value = record[cfg.eval.best_metric]
+        if not rollback and value >= state["best_value"]:  # ties: the later epoch wins, as the references do
+            state["best_value"], state["best_epoch"] = value, epoch
+            ckpt.save(out / "best.pt", payload(epoch))
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if rollback or epoch % cfg.checkpoint_every == 0 or epoch == data_epochs:
+            ckpt.save(out / "last.pt", payload(epoch))
+        history.append(record)
+        bar.line(
+            f"epoch {epoch}/{data_epochs} loss {train_loss:.3f} acc {train_acc:.3f} "
+            f"val clean {val_clean:.3f} pgd {val_pgd:.3f} | {record['time/images_per_s']:.0f} img/s"
+            + (" | CATASTROPHIC OVERFITTING" if co else "")
+        )
+        yield record
+        if rollback:
+            bar.line(f"catastrophic overfitting at epoch {epoch}: stopped, weights rolled back to epoch {epoch - 1}")
+            break
+
+    if outcome == "finished" and state["co_epoch"] is not None:
+        outcome = "catastrophic_overfitting"
+
+    # ------------------------------------------------------------------ final robustness matrix
+    final: dict[str, Any] = {
+        "final": True,
+        "outcome": outcome,
+        "co_epoch": state["co_epoch"],
+        "diverged_epoch": diverged_epoch,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": len(history),
+        "time/train_s": state["train_s"],
+    }
+    n_test = len(data.test_y) if cfg.eval.subset is None else min(cfg.eval.subset, len(data.test_y))
+    tx, ty = data.test_x[:n_test], data.test_y[:n_test]
+    eps_list = [cfg.threat.eps_255] + [e for e in cfg.eval.eps_255 if e != cfg.threat.eps_255]
+    t2 = time.perf_counter()
+    for which in cfg.eval.checkpoints:
+        if which == "best":
+            if state["best_epoch"] is None:
+                continue
+            eval_model = copy.deepcopy(model)
+            eval_model.load_state_dict(ckpt.load(out / "best.pt", map_location=device)["model"])
+        else:
+            if outcome == "diverged":
+                continue  # the last weights are not finite
+            eval_model = model
+        matrix = robustness_matrix(
+            eval_model,
+            tx,
+            ty,
+            columns=cfg.eval.attacks,
+            eps_255=eps_list,
+            batch_size=cfg.eval.batch_size,
+            seed=cfg.eval.seed,
+            aa_kwargs={"n_iter": cfg.eval.aa_n_iter, "n_queries": cfg.eval.aa_n_queries},
+        )
+        for k, v in matrix.items():
+            if k.startswith("seconds/"):
+                final[f"seconds/{which}/{k[len('seconds/'):]}"] = v
+            else:
+                final[f"{which}/{k}"] = v
+        bar.line(f"{which}: " + ", ".join(f"{k} {v:.3f}" for k, v in matrix.items() if not k.startswith("seconds/")))
+    final["time/eval_s"] = time.perf_counter() - t2
+    final["n_test"] = n_test
+    results = {"config": cfg.to_dict(), "final": final, "epochs": history}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=float))
+    os.replace(tmp, out / "results.json")
+    yield final
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _trim_metrics(path: Path, upto_epoch: int) -> None:
+    """Keep only the epochs a resume starts after (a kill between the metrics line and the checkpoint)."""
+    rows = [r for r in _read_metrics(path) if r["epoch"] <= upto_epoch]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def train(cfg: RunConfig, **kw: Any) -> dict[str, Any]:
+    """Run to the end and return the final record."""
+    final: dict[str, Any] = {}
+    for rec in run(cfg, **kw):
+        final = rec
+    return final

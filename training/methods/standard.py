@@ -1,0 +1,21 @@
+"""``standard``: no attack; clean training (the baseline every robust number is read against)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from training.config import Params
+from training.methods.base import Method
+from training.registry import METHODS
+
+
+@METHODS.register("standard")
+class Standard(Method):
+    @dataclass(frozen=True)
+    class Params(Params):
+        pass
+
+    passes = {"fwd": 1, "bwd_full": 1, "bwd_input": 0}
+
+    def step(self, x, y, it):
+        loss, logits = self.ctx.train_on(x, y)
+        return self.stats(loss, logits, y)
