@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from training import checkpoint as ckpt
+from training.activations import SmoothReLU
 from training.config import RunConfig
 from training.data import Data, load as load_data, make_train_loader
 from training.evaluate import accuracy, attack_accuracy, robustness_matrix
@@ -137,8 +138,15 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_model = torch.compile(model) if cfg.compile else model
+    # activation shape parameters (smooth_relu's r) are not weight-decayed: decay would pull α = r² towards 0,
+    # i.e. away from ReLU, for no regularisation benefit (the SAT code decays only conv/fc kernels)
+    act_params = {id(p) for m in model.modules() if isinstance(m, SmoothReLU) for p in m.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in act_params]},
+        {"params": [p for p in model.parameters() if id(p) in act_params], "weight_decay": 0.0},
+    ]
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        [g for g in groups if g["params"]],
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay,
