@@ -1,0 +1,4 @@
+"""``python -m orchestrator ...`` = ``orch ...``."""
+from orchestrator.cli import main
+
+main()

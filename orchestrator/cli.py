@@ -1,0 +1,377 @@
+"""``orch``: the command line. Each command is thin: it parses options and calls one function.
+
+    orch sweep FILE [--profile P] [--set key=value ...] [--dry-run] [--resume] [--address ADDR]
+                    [--tracking-uri URI] [--data-dir DIR] [--yes]
+    orch validate FILE [--profile P] [--set key=value ...]
+    orch report SWEEP_DIR_OR_FILE [--profile P]
+    orch train --config FILE [--set key=value ...] [--out-dir DIR]
+    orch ui SWEEP_DIR_OR_FILE [--port N]
+
+Exit codes: 0 success; 1 some trials failed (or a training run failed); 2 bad input (sweep file, options,
+sweep folder state, an unreachable tracking server) — refused before Ray starts and before anything is
+written; 130 interrupted (the command that resumes is printed).
+
+Ray, MLflow and Optuna are imported only by the commands that need them (``orch validate`` stays fast).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.spec import SpecErrors, SweepSpec, check_resources, check_sweep_dir, load_spec, tracking_uri_problem
+
+app = typer.Typer(
+    name="orch",
+    help="Sweep orchestrator for adversarial-robustness research (Ray Tune + MLflow + Optuna + Arrow).",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _setup() -> None:
+    """Per invocation: outside a terminal (CI logs, pipes) rich would wrap at 80 columns and cut the
+    thesis-style table (~150 columns) into unreadable pieces; give it room unless COLUMNS says otherwise."""
+    global console, err_console
+    console, err_console = Console(), Console(stderr=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console, err_console = Console(width=180), Console(stderr=True, width=180)
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Profile under `profiles:` (default: the file's default_profile; 'none': no overlay).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key of the sweep file: base.epochs=2, seeds=3, axes.method.k=[1,40]. Repeatable.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", envvar="ORCH_DATA_DIR", help="Where sweep folders live (default ./orch_data; env ORCH_DATA_DIR).")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Allow sweeps of more than 1000 trials.")]
+
+
+def data_dir(path: Path | None) -> Path:
+    return (path or Path("orch_data")).expanduser().resolve()
+
+
+def sweep_dir_for(spec: SweepSpec, ddir: Path | None) -> Path:
+    return data_dir(ddir) / "sweeps" / spec.name
+
+
+def _load(file: Path, profile: str | None, sets: list[str] | None, yes: bool = False, check_configs: bool = True) -> SweepSpec:
+    try:
+        return load_spec(file, profile=profile, sets=sets or [], yes=yes, check_configs=check_configs)
+    except SpecErrors as e:
+        _bad_input(e)
+
+
+def _bad_input(e: SpecErrors) -> None:
+    n = len(e.errors)
+    err_console.print(f"[bold red]error[/]: {n} problem{'s' if n > 1 else ''} — nothing was run or written", highlight=False)
+    for x in e.errors:
+        err_console.print(f"  {x}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+# ============================================================================================ sweep
+
+
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="The sweep file (YAML; format in sweeps/README.md).")],
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List every trial (or the search plan), the resources and a measured compute estimate; run nothing.")] = False,
+    no_probe: Annotated[bool, typer.Option("--no-probe", help="With --dry-run: skip the measured estimate.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted sweep: finished trials are kept, the rest continue from their last checkpoint.")] = False,
+    address: Annotated[Optional[str], typer.Option("--address", help="An existing Ray cluster (host:port or ray://...). Default: a local Ray on this machine.")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow: http://host:port, sqlite:////abs.db, or 'none'. Default: sqlite in the sweep folder.")] = None,
+    data_dir_: DataDirOpt = None,
+    yes: YesOpt = False,
+) -> None:
+    """Run every trial of a sweep file on Ray Tune, log to MLflow, write results.parquet and the report."""
+    spec = _load(file, profile, set_, yes)
+    sdir = sweep_dir_for(spec, data_dir_)
+    errors = []
+    if not address:
+        import torch
+
+        try:
+            check_resources(spec, float(os.cpu_count() or 1), float(torch.cuda.device_count()))
+        except SpecErrors as e:
+            if not dry_run:
+                errors += e.errors
+            else:  # planning a GPU sweep on a laptop is fine; running it here is not
+                for x in e.errors:
+                    err_console.print(f"[yellow]warning[/]: {x} (a run here would be refused; use --address)", highlight=False)
+    try:
+        check_sweep_dir(spec, sdir, resume)
+    except SpecErrors as e:
+        errors += e.errors
+    uri = tracking_uri or spec.tracking_uri
+    if uri and uri != "none":
+        from orchestrator.spec import SpecError
+        from orchestrator.tracking import check_reachable
+
+        problem = tracking_uri_problem(uri) or check_reachable(uri)
+        if problem:
+            errors.append(SpecError("--tracking-uri" if tracking_uri else spec.file, "tracking.uri", uri, problem))
+    if errors:
+        _bad_input(SpecErrors(errors))
+    if dry_run:
+        _dry_run(spec, sdir, uri, probe=not no_probe)
+        return
+    _run(spec, sdir, resume=resume, address=address, tracking_uri=uri, file=file, profile=profile, sets=set_ or [], data_dir_=data_dir_)
+
+
+def _run(spec: SweepSpec, sdir: Path, *, resume: bool, address: str | None, tracking_uri: str | None, file: Path,
+         profile: str | None, sets: list[str], data_dir_: Path | None) -> None:
+    from orchestrator.tuner import run_sweep
+
+    command = "orch sweep " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["sweep"] else "orch sweep " + str(file)
+    resume_cmd = " ".join(["orch sweep", shlex.quote(str(file))] + (["--profile", profile] if profile else [])
+                          + [f"--set {shlex.quote(s)}" for s in sets] + (["--data-dir", shlex.quote(str(data_dir_))] if data_dir_ else []) + ["--resume"])
+    try:
+        res = run_sweep(spec, sweep_dir=sdir, resume=resume, address=address, tracking_uri=tracking_uri, console=console, command=command)
+    except SpecErrors as e:  # the sweep folder is busy, or the cluster cannot run a trial
+        _bad_input(e)
+    except KeyboardInterrupt:
+        err_console.print(f"\n[yellow]interrupted[/]: checkpoints are kept in {sdir}. Resume with:\n  {resume_cmd}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _print_summary(res, sdir)
+    if res.interrupted:
+        err_console.print(f"[yellow]the sweep stopped before every trial finished[/] ({res.statuses}). Resume with:\n  {resume_cmd}")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if res.statuses.get("failed"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_summary(res: Any, sdir: Path) -> None:
+    from orchestrator.report import make_report
+
+    try:
+        rep = make_report(sdir, console=console)
+        files = ", ".join(p.name for p in rep["files"])
+    except FileNotFoundError as e:
+        console.print(f"[yellow]{e}[/]")
+        files = ""
+    t = Table(show_header=False, box=None, title="where everything is", title_justify="left")
+    t.add_row("sweep folder", str(sdir))
+    t.add_row("results", f"{sdir / 'results.parquet'}  ({', '.join(f'{v} {k}' for k, v in res.statuses.items())}; wall {res.wall_s:.0f} s)")
+    t.add_row("report", f"{sdir / 'report'}/  {files}")
+    t.add_row("trials", f"{sdir / 'trials'}/<trial>/  (checkpoints, metrics.jsonl, results.json)")
+    if res.tracking_uri:
+        t.add_row("MLflow", f"{res.tracking_uri}  experiment '{res.experiment}', parent run {res.parent_run_id}")
+        if res.tracking_uri.startswith("sqlite:"):
+            t.add_row("browse", f"orch ui {sdir}   (= mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1)")
+        else:
+            t.add_row("browse", res.tracking_uri)
+    if res.tracking_failures:
+        t.add_row("[red]MLflow[/]", f"{res.tracking_failures} logging calls could not be delivered (the numbers are in results.parquet)")
+    console.print(t)
+
+
+def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
+    from orchestrator.estimate import estimate_sweep, fmt_duration
+
+    cpus = float(os.cpu_count() or 1)
+    concurrency = spec.max_concurrent_trials or max(1, int(cpus // spec.resources.cpu))
+    console.print(f"[bold]{spec.name}[/] ({spec.file}{', profile ' + spec.profile if spec.profile else ''}): {spec.description}".rstrip(": "))
+    console.print(f"search {spec.search.algorithm}, {spec.num_trials} trials = "
+                  + (f"{len(spec.trials) // max(len(spec.seeds), 1)} configs" if spec.trials else f"{spec.search.num_samples} sampled configs")
+                  + f" x {len(spec.seeds)} seeds {spec.seeds}; scheduler {spec.scheduler.name}"
+                  + (f" (max_t {spec.scheduler.max_t}, grace {spec.scheduler.grace_period}, x{spec.scheduler.reduction_factor:g})" if spec.scheduler.name == "asha" else "")
+                  + (f"; metric {spec.metric} ({spec.mode})" if spec.metric else ""), highlight=False)
+    console.print(f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU; up to {concurrency} at a time here "
+                  f"({cpus:g} CPUs); retries per trial: {spec.max_failures}; epochs per trial: {', '.join(map(str, spec.epochs))}", highlight=False)
+    console.print(f"sweep folder: {sdir}\nMLflow: {uri or 'sqlite:///' + str(sdir / 'mlflow.db')}", highlight=False)
+    if spec.trials:
+        t = Table(title="trials")
+        t.add_column("#", justify="right")
+        t.add_column("trial")
+        for a in spec.axes:
+            t.add_column(a.key)
+        t.add_column("seed", justify="right")
+        t.add_column("key")
+        for tr in spec.trials:
+            t.add_row(str(tr.index), tr.name, *[json.dumps(tr.swept[a.key]) for a in spec.axes], str(tr.seed), tr.key)
+        console.print(t)
+    else:
+        t = Table(title=f"search space (Optuna TPE, seed {spec.search.seed}, study '{spec.name}' in {sdir / 'optuna.db'})")
+        t.add_column("axis")
+        t.add_column("distribution")
+        for a in spec.axes:
+            t.add_row(a.key, a.describe())
+        console.print(t)
+    if not probe:
+        console.print(f"compute: {spec.num_trials} trials x {max(spec.epochs)} epochs (no estimate: --no-probe)")
+        return
+    with console.status("measuring: a few batches and a small evaluation of each config on this machine..."):
+        ests, total, why = estimate_sweep(spec)
+    if total is None:
+        console.print(f"[yellow]no compute estimate[/]: a probe run failed here ({why}). "
+                      f"Plan: {spec.num_trials} trials x {max(spec.epochs)} epochs.", highlight=False)
+        return
+    t = Table(title="measured estimate (this machine, 1 thread per trial)")
+    for c in ("config", "epochs", "train imgs", "s/epoch", "final eval", "per trial"):
+        t.add_column(c, justify="right" if c != "config" else "left")
+    for e in ests:
+        t.add_row(e.label, str(e.epochs), str(e.n_train), f"{e.n_train * e.train_s_per_image + e.epoch_eval_s:.1f}",
+                  fmt_duration(e.final_eval_s), fmt_duration(e.trial_s))
+    console.print(t)
+    console.print(f"compute: ~{fmt_duration(total)} of trial time; wall ~{fmt_duration(total / concurrency)} with {concurrency} "
+                  f"concurrent trials (+ ~10 s start-up)", highlight=False)
+
+
+# ============================================================================================ validate
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="The sweep file.")],
+    profile: ProfileOpt = None,
+    set_: SetOpt = None,
+    yes: YesOpt = False,
+) -> None:
+    """Check a sweep file (structure, axes, every trial's run config, the metric) without running anything."""
+    spec = _load(file, profile, set_, yes)
+    kind = f"{len(spec.trials)} trials" if spec.trials else f"{spec.num_trials} trials ({spec.search.algorithm}, {spec.search.num_samples} configs x {len(spec.seeds)} seeds)"
+    console.print(f"[green]ok[/]: {spec.name}: {kind}, epochs {', '.join(map(str, spec.epochs))}", highlight=False)
+
+
+# ============================================================================================ report
+
+
+def _resolve_sweep_dir(target: Path, profile: str | None, data_dir_: Path | None) -> Path:
+    if target.is_dir():
+        return target.resolve()
+    if target.suffix in (".yaml", ".yml") and target.is_file():
+        return sweep_dir_for(_load(target, profile, [], yes=True, check_configs=False), data_dir_)
+    err_console.print(f"[bold red]error[/]: {target}: not a sweep folder or a sweep file")
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+def report(
+    target: Annotated[Path, typer.Argument(help="A sweep folder, or the sweep file (with --profile) that made it.")],
+    profile: ProfileOpt = None,
+    data_dir_: DataDirOpt = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Only the table, Markdown and CSV.")] = False,
+) -> None:
+    """Print the sweep's table (mean ± std over seeds, best and last) and write Markdown, CSV and plots."""
+    from orchestrator.report import make_report
+
+    sdir = _resolve_sweep_dir(target, profile, data_dir_)
+    try:
+        rep = make_report(sdir, console=console, plots=not no_plots)
+    except FileNotFoundError as e:
+        err_console.print(f"[bold red]error[/]: {e}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    console.print("written: " + ", ".join(str(p) for p in rep["files"]), highlight=False)
+
+
+# ============================================================================================ ui
+
+
+@app.command()
+def ui(
+    target: Annotated[Path, typer.Argument(help="A sweep folder, or its sweep file.")],
+    profile: ProfileOpt = None,
+    data_dir_: DataDirOpt = None,
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on a sweep's local store (mlflow.db + mlartifacts)."""
+    sdir = _resolve_sweep_dir(target, profile, data_dir_)
+    db = sdir / "mlflow.db"
+    if not db.exists():
+        err_console.print(f"[bold red]error[/]: no {db} (did this sweep log to a server? open that instead)")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", host, "--port", str(port), "--workers", "1"]
+    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    os.execv(sys.executable, cmd)
+
+
+# ============================================================================================ train
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A RunConfig YAML (nested sections).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a RunConfig key: method.k=20, epochs=3. Repeatable.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Run folder (default: the config's out_dir).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from <out_dir>/last.pt.")] = False,
+    help_config: Annotated[bool, typer.Option("--help-config", help="List every config key with its default.")] = False,
+) -> None:
+    """One training run without Ray or MLflow (the training core alone), with a progress bar."""
+    from orchestrator.spec import SpecError, parse_yaml
+    from training.config import ConfigError, RunConfig, describe, set_dotted
+
+    if help_config:
+        console.print(describe(), highlight=False)
+        return
+    d: dict[str, Any] = {}
+    lines: dict[tuple, int] = {}
+    where = str(config) if config else "--set"
+    try:
+        if config is not None:
+            try:
+                d, lines = parse_yaml(config.read_text(), str(config))
+            except OSError as e:
+                raise SpecErrors([SpecError(str(config), "", None, f"cannot read: {e}")]) from None
+            d = d or {}
+            if not isinstance(d, dict):
+                raise SpecErrors([SpecError(str(config), "", d, "a run config must be a mapping of sections")])
+        for s in set_ or []:
+            if "=" not in s:
+                raise SpecErrors([SpecError(f"--set {s}", s, None, "expected key=value")])
+            k, raw = s.split("=", 1)
+            v, _ = parse_yaml(raw, f"--set {s}")
+            set_dotted(d, k.strip(), v)
+        if out_dir is not None:
+            d["out_dir"] = str(out_dir)
+        cfg = RunConfig.from_dict(d)
+    except ConfigError as e:
+        path = tuple(e.key.split("."))
+        ln = next((lines[path[:i]] for i in range(len(path), 0, -1) if path[:i] in lines), None)
+        _bad_input(SpecErrors([SpecError(f"{where}:{ln}" if ln else where, e.key, e.value, e.problem, ln)]))
+    except SpecErrors as e:
+        _bad_input(e)
+    from training import run
+
+    final: dict[str, Any] = {}
+    try:
+        for rec in run(cfg, resume=cfg.out_dir if resume else None, progress=True):
+            final = rec
+    except KeyboardInterrupt:
+        err_console.print(f"\n[yellow]interrupted[/]: resume with  orch train --config {config} --out-dir {cfg.out_dir} --resume")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    t = Table(title=f"{cfg.name}: {final.get('outcome')} (best epoch {final.get('best_epoch')})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in final.items():
+        if k.startswith(("best/", "last/")) and "/aa/" not in k:
+            t.add_row(k, f"{100 * v:.2f} %")
+    t.add_row("train time", f"{final.get('time/train_s', 0):.1f} s")
+    console.print(t)
+    console.print(f"results: {Path(cfg.out_dir).expanduser() / 'results.json'}")
+    if final.get("outcome") == "diverged":
+        raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:  # `python -m orchestrator`
+    app()
+
+
+if __name__ == "__main__":
+    main()

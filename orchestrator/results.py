@@ -1,0 +1,203 @@
+"""Results through Arrow: one row per trial in ``<sweep>/results.parquet``, rewritten atomically as trials finish.
+
+Schema (columns appear only when some trial has them; every accuracy is a fraction in [0, 1]):
+
+==========================  =========  ===================================================================
+column                      type       meaning
+==========================  =========  ===================================================================
+trial_key                   string     stable trial id: hash(sweep name, swept values, seed[, sample/trial #])
+trial_name                  string     ``k=20,seed=0`` (MLflow run name, trial folder prefix)
+trial_index                 int64      position in the grid / random plan (null for Optuna trials)
+seed                        int64      the trial's seed (the ``seeds:`` axis)
+status                      string     ``finished`` (a final record arrived), ``failed`` (error after all
+                                       retries), ``stopped`` (ended by the scheduler, e.g. ASHA, or by Ctrl-C)
+outcome                     string     ``finished`` | ``diverged`` | ``catastrophic_overfitting`` (from the
+                                       training core) | ``failed`` | ``stopped``
+co_epoch, diverged_epoch    int64      epoch of catastrophic overfitting / divergence (null if none)
+best_epoch, epochs_run      int64      epoch of the ``best`` checkpoint; epochs trained
+best/<col>[@eps]            double     robust accuracy of the best checkpoint per evaluation column and ε in
+                                       /255 (``best/clean``, ``best/pgd10@8``, ``best/aa@8``, ``best/aa/apgd_t@8``)
+last/<col>[@eps]            double     the same for the last checkpoint
+seconds/<ckpt>/<col>[@eps]  double     wall seconds of that evaluation
+time/train_s                double     training seconds (sum of epochs, per-epoch evaluation excluded)
+time/eval_s                 double     seconds of the final robustness evaluation
+time/trial_s                double     wall seconds of the trial on its worker, all attempts (efficiency)
+n_test                      int64      test images evaluated
+epoch/<key>                 double     the last epoch's record (``epoch/val/pgd_acc``, ``epoch/train/loss``...)
+error                       string     last line of the error of a failed trial
+attempts                    int64      attempts of the trial (1 + retries)
+config_hash                 string     ``RunConfig.hash()`` (identical configs, identical hash)
+host                        string     the worker's host name
+tune_trial_id               string     Ray Tune's trial id
+mlflow_run_id               string     the trial's MLflow run
+out_dir                     string     the trial folder (checkpoints, metrics.jsonl, results.json)
+config.<dotted.key>         (value)    the resolved RunConfig, flattened (``config.method.k``); lists as lists
+==========================  =========  ===================================================================
+
+File metadata (Parquet key-value): ``orch.sweep`` (name), ``orch.swept`` (JSON list of swept keys, without
+``seed``), ``orch.metric`` and ``orch.mode``, ``orch.schema_version``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = "1"
+ID_COLUMNS = ("trial_key", "trial_name", "trial_index", "seed", "status", "outcome")
+INT_COLUMNS = ("trial_index", "seed", "co_epoch", "diverged_epoch", "best_epoch", "epochs_run", "n_test", "attempts")
+FINAL_PREFIXES = ("best/", "last/", "seconds/")
+TIME_KEYS = ("time/train_s", "time/eval_s", "time/trial_s")
+
+
+def trial_row(
+    *,
+    key: str,
+    name: str,
+    index: int | None,
+    seed: int,
+    status: str,
+    last_result: dict[str, Any] | None,
+    config: dict[str, Any] | None,
+    error: str | None = None,
+    tune_trial_id: str | None = None,
+    mlflow_run_id: str | None = None,
+    out_dir: str | None = None,
+) -> dict[str, Any]:
+    """One results row from a trial's last reported record (its final record when it finished)."""
+    from training.config import flatten
+
+    r = dict(last_result or {})
+    final = bool(r.get("final"))
+    if status == "failed":
+        outcome = "failed"
+    elif final:
+        outcome = r.get("outcome", "finished")
+    else:
+        outcome = "stopped"
+    row: dict[str, Any] = {
+        "trial_key": key, "trial_name": name, "trial_index": index, "seed": seed,
+        "status": status if (status != "finished" or final) else "stopped", "outcome": outcome,
+    }
+    for k in ("co_epoch", "diverged_epoch", "best_epoch", "epochs_run", "n_test"):
+        row[k] = r.get(k)
+    if not final and r.get("epoch") is not None:
+        row["epochs_run"] = r.get("epoch")
+    for k, v in r.items():
+        if k.startswith(FINAL_PREFIXES) and _num(v):
+            row[k] = float(v)
+    for k in TIME_KEYS:
+        if _num(r.get(k)):
+            row[k] = float(r[k])
+    if not final:  # the record is an epoch record: keep it as the last epoch
+        for k, v in r.items():
+            if "/" in k and not k.startswith(("orch/", "time/trial_s")) and _num(v):
+                row[f"epoch/{k}"] = float(v)
+    row["error"] = (error or "").strip().splitlines()[-1][:1000] if error else None
+    row["attempts"] = r.get("orch/attempt")
+    row["config_hash"] = r.get("orch/config_hash")
+    row["host"] = r.get("orch/host")
+    row["tune_trial_id"] = tune_trial_id
+    row["mlflow_run_id"] = mlflow_run_id
+    row["out_dir"] = out_dir or r.get("orch/out_dir")
+    for k, v in flatten(config or {}).items():
+        row[f"config.{k}"] = v
+    return row
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def to_table(rows: Iterable[dict[str, Any]], metadata: dict[str, str] | None = None) -> pa.Table:
+    """Rows -> Arrow table with stable column order (ids, outcome, final numbers, times, epoch, meta, config)."""
+    rows = list(rows)
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    cols.sort(key=_column_rank)
+    arrays, fields = [], []
+    for c in cols:
+        values = [r.get(c) for r in rows]
+        arr = _array(c, values)
+        arrays.append(arr)
+        fields.append(pa.field(c, arr.type))
+    meta = {"orch.schema_version": SCHEMA_VERSION, **(metadata or {})}
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata={k.encode(): v.encode() for k, v in meta.items()}))
+
+
+_GROUPS: tuple[tuple[str, ...], ...] = (
+    ID_COLUMNS,
+    ("co_epoch", "diverged_epoch", "best_epoch", "epochs_run"),
+    ("best/",), ("last/",), ("seconds/",), ("time/", "n_test"), ("epoch/",),
+    ("error", "attempts", "config_hash", "host", "tune_trial_id", "mlflow_run_id", "out_dir"),
+    ("config.",),
+)
+
+
+def _column_rank(c: str) -> tuple[int, int]:
+    """(group, position in a fixed group); sorting is stable, so prefix groups keep the records' order."""
+    for i, group in enumerate(_GROUPS):
+        if c in group:
+            return (i, group.index(c))
+        if any(g.endswith(("/", ".")) and c.startswith(g) for g in group):
+            return (i, 0)
+    return (len(_GROUPS), 0)
+
+
+def _array(name: str, values: list[Any]) -> pa.Array:
+    if name in INT_COLUMNS:
+        return pa.array([None if v is None else int(v) for v in values], type=pa.int64())
+    if name.startswith(FINAL_PREFIXES + ("time/", "epoch/")):
+        return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
+    try:
+        arr = pa.array(values)
+        if pa.types.is_null(arr.type):
+            return pa.array(values, type=pa.string())
+        return arr
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types across trials (e.g. an axis of str and int)
+        return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> None:
+    """Write atomically: a reader never sees a half-written file, a kill never leaves one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Rows and key-value metadata of an existing results file (empty if there is none)."""
+    path = Path(path)
+    if not path.exists():
+        return [], {}
+    t = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
+    rows = [{k: v for k, v in r.items() if v is not None} for r in t.to_pylist()]  # absent columns read as null
+    return rows, meta
+
+
+class ResultsFile:
+    """``results.parquet`` of one sweep: rows upserted by trial key, the whole file rewritten on every change."""
+
+    def __init__(self, path: str | Path, metadata: dict[str, str]) -> None:
+        self.path = Path(path)
+        old, _ = read_rows(self.path)
+        self.rows: dict[str, dict[str, Any]] = {r["trial_key"]: r for r in old}
+        self.metadata = metadata
+
+    def upsert(self, row: dict[str, Any], write: bool = True) -> None:
+        self.rows[row["trial_key"]] = row
+        if write:
+            self.write()
+
+    def write(self) -> None:
+        rows = sorted(self.rows.values(), key=lambda r: (r.get("trial_index") is None, r.get("trial_index") or 0, r["trial_name"]))
+        write_parquet(to_table(rows, self.metadata), self.path)

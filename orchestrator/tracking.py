@@ -1,0 +1,280 @@
+"""MLflow tracking: one experiment per sweep, one parent run per ``orch sweep`` invocation, one run per trial.
+
+The only module that imports ``mlflow`` (lazily, inside :class:`Tracker`).
+
+**Who logs: the driver, from a Tune callback — not the trial workers.** Reasons:
+
+- *Exactly one run per trial.* A trial's run is found by its stable tag ``orch.trial_key`` (hash of the sweep
+  name, the swept values and the seed). Retries and resumed trials log into the same run. Deciding
+  "find or create" in one process (the driver) means no race between a dying worker and its replacement, and no
+  duplicate runs. Ray's stock callback creates a new run after every restore (stack.md Q4: 6 runs for 4 trials).
+- *Exactly once per epoch.* The driver remembers the last epoch logged to each run (read back from MLflow for
+  runs of an earlier invocation) and skips epochs it already has. Re-reported epochs (a retry from an older
+  checkpoint, a replay) are therefore not logged twice.
+- *Speed.* One ``log_batch`` per epoch, with the user metrics only. stack.md Q3 measured 13.6 s for the
+  batched driver callback against 18.7 s for the stock per-metric callback (the same lean server; baseline
+  13.2 s). Workers also skip ``import mlflow`` (2.4 s each) and keep no HTTP connection.
+- *SQLite.* With the default ``sqlite:///<sweep>/mlflow.db`` store, a single writing process never sees
+  "database is locked".
+- *Outages.* Failed calls are retried with back-off, then queued and flushed at the next event and at the end;
+  what still could not be logged is reported (the numbers are also in ``results.parquet`` and the trial folders).
+
+Names: MLflow refuses ``@`` in metric names, so ``best/pgd10@8`` is logged as ``best/pgd10_eps8``
+(:func:`mlflow_key`). Parameters are the flattened resolved RunConfig (``method.k``, ``optim.lr``, ...).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("orch.tracking")
+
+RETRIES = 3
+TRIAL_KEY_TAG = "orch.trial_key"
+# what of a final record becomes MLflow metrics (not Tune's bookkeeping: pid, timestamp, training_iteration...)
+FINAL_PREFIXES = ("best/", "last/", "seconds/", "time/")
+FINAL_KEYS = ("best_epoch", "epochs_run", "n_test", "co_epoch", "diverged_epoch")
+
+
+def mlflow_key(key: str) -> str:
+    """A result key as a valid MLflow metric name (``best/pgd10@8`` -> ``best/pgd10_eps8``)."""
+    return re.sub(r"[^/\w.\- ]", "_", key.replace("@", "_eps"))
+
+
+def default_uri(sweep_dir: Path) -> str:
+    return f"sqlite:///{Path(sweep_dir).resolve()}/mlflow.db"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> str | None:
+    """For an HTTP tracking server: None if ``/health`` answers, else why not (checked before any trial runs)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return None
+            return f"{uri}/health answered HTTP {r.status}"
+    except (urllib.error.URLError, OSError) as e:
+        return f"cannot reach the MLflow server at {uri}: {getattr(e, 'reason', e)}"
+
+
+def git_info(path: Path | None = None) -> dict[str, str]:
+    """Commit and dirty flag of the repository holding the code (``unknown`` outside git)."""
+    cwd = str(path or Path(__file__).resolve().parent.parent)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        return {
+            "git.commit": commit.stdout.strip() if commit.returncode == 0 else "unknown (no commit)",
+            "git.dirty": str(bool(status.stdout.strip())).lower() if status.returncode == 0 else "unknown",
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+class Tracker:
+    """Driver-side MLflow logging for one sweep invocation (see the module docstring for why the driver)."""
+
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow sets INFO on import ("Creating tables...")
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self._call(self.client.get_experiment_by_name, experiment, queue=False)
+        if exp is None:
+            self.experiment_id = self._call(self.client.create_experiment, experiment, artifact_location=artifact_location, queue=False)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.experiment = experiment
+        self.parent_id: str | None = None
+        self.runs: dict[str, str] = {}  # trial key -> run id
+        self.logged_epoch: dict[str, int] = {}  # run id -> last epoch logged
+        self.tagged: set[str] = set()  # runs whose worker tags (host, torch) are set in this invocation
+        self.pending: list[tuple[Callable[..., Any], tuple, dict]] = []
+        self.failures = 0
+        self._load_existing_runs()
+
+    # ------------------------------------------------------------------ robustness
+    def _call(self, fn: Callable[..., Any], *args: Any, queue: bool = True, **kw: Any) -> Any:
+        """Call the MLflow client with retries; on persistent failure queue the call (or raise if queue=False)."""
+        self.flush()
+        delay = 0.5
+        for attempt in range(RETRIES):
+            try:
+                return fn(*args, **kw)
+            except Exception as e:  # noqa: BLE001 - MlflowException, requests errors, sqlite errors
+                if _is_client_error(e):
+                    raise
+                if attempt == RETRIES - 1:
+                    if not queue:
+                        raise
+                    self.failures += 1
+                    log.warning("MLflow %s failed (%s); queued for retry", getattr(fn, "__name__", fn), e)
+                    self.pending.append((fn, args, kw))
+                    return None
+                time.sleep(delay)
+                delay *= 2
+
+    def flush(self) -> int:
+        """Retry queued calls in order; returns how many are still pending."""
+        while getattr(self, "pending", None):
+            fn, args, kw = self.pending[0]
+            try:
+                fn(*args, **kw)
+            except Exception:  # noqa: BLE001
+                return len(self.pending)
+            self.pending.pop(0)
+        return 0
+
+    # ------------------------------------------------------------------ runs
+    def _load_existing_runs(self) -> None:
+        """Map trial keys to runs already in the experiment (a resumed sweep writes into them)."""
+        token = None
+        while True:
+            page = self._call(
+                self.client.search_runs, [self.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` != ''",
+                max_results=1000, page_token=token, queue=False,
+            )
+            for r in page:
+                key = r.data.tags.get(TRIAL_KEY_TAG)
+                if key and key not in self.runs:
+                    self.runs[key] = r.info.run_id
+                    last = r.data.metrics.get("epoch")
+                    self.logged_epoch[r.info.run_id] = int(last) if last is not None else 0
+            token = page.token
+            if not token:
+                break
+
+    def start_sweep(self, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+        """Create this invocation's parent run. Parent runs of earlier invocations still RUNNING belong to
+        drivers that died (the sweep folder's lock guarantees no other driver is alive): they become KILLED."""
+        from mlflow.entities import Param
+
+        stale = self._call(self.client.search_runs, [self.experiment_id],
+                           filter_string="tags.`orch.role` = 'sweep' and attributes.status = 'RUNNING'", queue=False)
+        for r in stale or []:
+            self._call(self.client.set_terminated, r.info.run_id, "KILLED")
+
+        run = self._call(self.client.create_run, self.experiment_id, run_name=name, tags={"orch.role": "sweep", **tags}, queue=False)
+        self.parent_id = run.info.run_id
+        self._call(self.client.log_batch, self.parent_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        return self.parent_id
+
+    def end_sweep(self, status: str, metrics: dict[str, float] | None = None) -> None:
+        if self.parent_id is None:
+            return
+        if metrics:
+            self._log_metrics(self.parent_id, metrics, step=0)
+        self._call(self.client.set_terminated, self.parent_id, status)
+
+    def log_parent_artifact(self, path: str | Path) -> None:
+        if self.parent_id:
+            self._call(self.client.log_artifact, self.parent_id, str(path))
+
+    def trial_run(self, key: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
+        """The trial's run: found by ``orch.trial_key``, or created (nested under this invocation's parent)."""
+        from mlflow.entities import Param
+
+        if key in self.runs:
+            run_id = self.runs[key]
+            self._call(self.client.update_run, run_id, status="RUNNING")
+            return run_id
+        all_tags = {TRIAL_KEY_TAG: key, **tags}
+        if self.parent_id:
+            all_tags["mlflow.parentRunId"] = self.parent_id
+        run = self._call(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
+        if run is None:
+            return None
+        run_id = run.info.run_id
+        self.runs[key] = run_id
+        self.logged_epoch[run_id] = 0
+        items = [Param(k, _param(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self._call(self.client.log_batch, run_id, params=items[i : i + 100])
+        return run_id
+
+    def set_tags(self, run_id: str, tags: dict[str, Any], once: bool = False) -> None:
+        if once and run_id in self.tagged:
+            return
+        from mlflow.entities import RunTag
+
+        self._call(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+        self.tagged.add(run_id)
+
+    def log_epoch(self, run_id: str, record: dict[str, Any]) -> bool:
+        """Log one epoch record (skipped if that epoch is already in the run); True if logged."""
+        epoch = int(record["epoch"])
+        if epoch <= self.logged_epoch.get(run_id, 0):
+            return False
+        self._log_metrics(run_id, record, step=epoch)
+        self.logged_epoch[run_id] = epoch
+        return True
+
+    def log_final(self, run_id: str, final: dict[str, Any], step: int, artifacts: list[Path], status: str) -> None:
+        """The final record's numbers (at the last epoch's step), outcome tags, artifacts, and the run status."""
+        tags = {f"orch.{k}": v for k, v in final.items() if k in ("outcome", "co_epoch", "diverged_epoch", "best_epoch") and v is not None}
+        self.set_tags(run_id, tags)
+        self._log_metrics(run_id, {k: v for k, v in final.items() if k.startswith(FINAL_PREFIXES) or k in FINAL_KEYS}, step=step)
+        for a in artifacts:
+            if a.exists():
+                self._call(self.client.log_artifact, run_id, str(a))
+        self._call(self.client.set_terminated, run_id, status)
+
+    def close_unfinished(self, keys: set[str]) -> None:
+        """Runs of trials this invocation left unfinished (Ctrl-C, a budget) become KILLED; a resume reopens them."""
+        for key in keys:
+            if key in self.runs:
+                self._call(self.client.set_terminated, self.runs[key], "KILLED")
+
+    def fail_trial(self, run_id: str, error: str) -> None:
+        self.set_tags(run_id, {"orch.outcome": "failed", "orch.error": error[-4000:]})
+        self._call(self.client.set_terminated, run_id, "FAILED")
+
+    def _log_metrics(self, run_id: str, record: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = [
+            Metric(mlflow_key(k), float(v), ts, step)
+            for k, v in record.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("orch/") and v is not None
+            and not (isinstance(v, float) and math.isinf(v))
+        ]
+        for i in range(0, len(metrics), 1000):
+            self._call(self.client.log_batch, run_id, metrics=metrics[i : i + 1000])
+
+
+def _is_client_error(e: Exception) -> bool:
+    """A mistake in what we sent (retrying can't help), as opposed to an outage."""
+    code = getattr(e, "error_code", "")
+    return code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST")
+
+
+def _param(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s[:6000]
+
+
+def environment_tags() -> dict[str, str]:
+    """Driver-side provenance tags for the parent run."""
+    import torch
+
+    return {
+        **git_info(),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none",
+    }

@@ -1,0 +1,217 @@
+"""The Ray Tune function trainable: one trial = one ``training.run`` in its own folder, reported every epoch.
+
+``train_trial(config, ctx)`` builds the trial's ``RunConfig`` (the sweep's base + the swept values + seed, with
+``out_dir = <sweep>/trials/<name>-<key>``, absolute), sets torch's threads to the CPUs Tune gave the trial
+(stack.md Q6: more threads than CPUs costs 28-39% on 2 cores), and iterates ``training.run``. Every record
+(epoch, then final) goes to ``tune.report`` with a checkpoint of the trial folder, so a retried trial
+(``FailureConfig(max_failures)``) or a resumed sweep continues from the last epoch Tune knows about.
+
+Where a trial restarts from (the honest-resume rules):
+
+1. Tune hands back a checkpoint (``tune.get_checkpoint()``): the trial folder is reset to exactly that checkpoint
+   (a newer ``last.pt`` written after Tune's last report is dropped: Tune, MLflow and the results have not seen
+   that epoch) and ``run(cfg, resume=out_dir)`` yields only the epochs after it.
+2. No checkpoint, but the folder holds a ``last.pt`` of the same config: the trial was started by a driver that
+   died before Tune's experiment snapshot recorded it. Its finished epochs are re-reported from
+   ``metrics.jsonl`` (marked ``orch/replayed``; the MLflow logger skips epochs it already has) and training
+   continues after them, so no epoch is trained or logged twice.
+3. Otherwise the folder is cleared and the trial starts from scratch.
+
+A trial folder is held with an exclusive ``flock`` while a worker trains in it: after a driver is killed its
+workers can live on for ~10 s (stack.md Q4), and a resumed trial waits for them rather than write beside them.
+
+Only this module and ``tuner.py`` touch Ray; Ray is imported inside the function so that importing
+``orchestrator.trainable`` (for ``TrialContext``) stays cheap.
+
+Test hook: the driver copies ``ORCH_TEST_CRASH_ONCE=<path>`` from its environment into the context; the first
+trial to finish an epoch then creates ``<path>`` and raises, once per sweep (tests of retry-from-checkpoint).
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CRASH_ONCE_ENV = "ORCH_TEST_CRASH_ONCE"
+LOCK_WAIT_S = 120.0  # how long a restarted trial waits for a predecessor worker to die
+# files of a trial folder that a checkpoint carries (everything run() needs to resume, and its results)
+CHECKPOINT_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "results.json", "orch_trial.json", "orch_state.json")
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a sweep shares (passed with ``tune.with_parameters``; plain data only)."""
+
+    sweep_name: str
+    base: dict[str, Any]
+    trials_dir: str  # absolute
+    crash_once: str | None = None  # ORCH_TEST_CRASH_ONCE of the driver
+
+
+def trial_dir(trials_dir: str | Path, name: str, key: str) -> Path:
+    """``<trials>/<name>-<key8>``: readable, filesystem-safe, and unique through the key."""
+    safe = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", name).strip("._")[:80]
+    return Path(trials_dir) / f"{safe}-{key[:8]}"
+
+
+def run_config_dict(ctx: TrialContext, trial: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    from training.config import set_dotted
+
+    d = json.loads(json.dumps(ctx.base))
+    for k, v in trial["swept"].items():
+        set_dotted(d, k, json.loads(json.dumps(v)))
+    d["seed"], d["name"], d["out_dir"] = trial["seed"], trial["name"], str(out_dir)
+    return d
+
+
+def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable. ``config["trial"]`` = ``{"swept", "seed", "name", "key"}``."""
+    import torch
+    from ray import tune
+
+    from training import run
+    from training.config import RunConfig
+
+    t_start = time.time()
+    trial = config["trial"]
+    out_dir = trial_dir(ctx.trials_dir, trial["name"], trial["key"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+    cfg = RunConfig.from_dict(run_config_dict(ctx, trial, out_dir))
+    lock = _lock(out_dir)
+    try:
+        resume, replay = _prepare(out_dir, tune.get_checkpoint(), cfg)
+        state = _read_state(out_dir)
+        state["attempts"] += 1
+        meta = {
+            "orch/key": trial["key"], "orch/name": trial["name"], "orch/out_dir": str(out_dir),
+            "orch/host": socket.gethostname(), "orch/pid": os.getpid(), "orch/attempt": state["attempts"],
+            "orch/torch": torch.__version__, "orch/cuda": torch.version.cuda or "none",
+            "orch/config_hash": cfg.hash(), "orch/threads": torch.get_num_threads(),
+        }
+        (out_dir / "orch_trial.json").write_text(json.dumps({**trial, **meta}, indent=2, default=str))
+
+        def report(record: dict[str, Any], with_checkpoint: bool = True, **extra: Any) -> None:
+            state["wall_s"] += time.time() - report.t  # type: ignore[attr-defined]
+            report.t = time.time()  # type: ignore[attr-defined]
+            _write_state(out_dir, state)
+            metrics = {**record, **meta, **extra, "time/trial_s": state["wall_s"]}
+            if not with_checkpoint:
+                tune.report(metrics)
+                return
+            staged = _stage(out_dir)
+            try:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(staged))
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+
+        report.t = t_start  # type: ignore[attr-defined]
+        for i, rec in enumerate(replay):
+            report(rec, with_checkpoint=(i == len(replay) - 1), **{"orch/replayed": 1})
+        for rec in run(cfg, resume=resume):
+            report(rec)
+            if ctx.crash_once and not rec.get("final"):
+                _maybe_crash(ctx.crash_once, trial["name"])
+    finally:
+        lock.close()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _lock(out_dir: Path):
+    """Exclusive flock on the trial folder (released by the kernel when the holder dies)."""
+    f = open(out_dir / ".lock", "w")
+    deadline = time.time() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.time() > deadline:
+                f.close()
+                raise RuntimeError(f"{out_dir} is still locked by another worker after {LOCK_WAIT_S:.0f} s") from None
+            time.sleep(0.5)
+
+
+def _prepare(out_dir: Path, checkpoint: Any, cfg: Any) -> tuple[Path | None, list[dict[str, Any]]]:
+    """Reset the trial folder per the resume rules (module docstring); returns (resume path, records to replay)."""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            src = Path(d)
+            if (src / "last.pt").exists():
+                for name in CHECKPOINT_FILES:
+                    if (src / name).exists():
+                        if not ((out_dir / name).exists() and os.path.samefile(src / name, out_dir / name)):
+                            shutil.copy2(src / name, out_dir / name)
+                    elif (out_dir / name).exists():
+                        (out_dir / name).unlink()
+                return out_dir, []
+    if (out_dir / "last.pt").exists() and _same_config(out_dir, cfg):
+        rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] if (out_dir / "metrics.jsonl").exists() else []
+        from training.checkpoint import load
+
+        done = load(out_dir / "last.pt")["epoch"]
+        return out_dir, [r for r in rows if r["epoch"] <= done]
+    for name in CHECKPOINT_FILES:
+        if (out_dir / name).exists():
+            (out_dir / name).unlink()
+    return None, []
+
+
+def _same_config(out_dir: Path, cfg: Any) -> bool:
+    try:
+        from training.config import RunConfig
+
+        return RunConfig.from_dict(json.loads((out_dir / "config.json").read_text())).hash() == cfg.hash()
+    except Exception:
+        return False
+
+
+def _stage(out_dir: Path) -> str:
+    """A directory of hard links to the files a checkpoint carries (Tune copies it into its storage at once;
+    run() replaces files by rename, so a link never sees a later write)."""
+    staged = tempfile.mkdtemp(prefix=".ckpt-", dir=out_dir)
+    for name in CHECKPOINT_FILES:
+        src = out_dir / name
+        if src.exists():
+            try:
+                os.link(src, Path(staged) / name)
+            except OSError:
+                shutil.copy2(src, Path(staged) / name)
+    return staged
+
+
+def _read_state(out_dir: Path) -> dict[str, Any]:
+    """Per-trial bookkeeping carried in checkpoints: compute seconds over all attempts, attempt count."""
+    try:
+        return json.loads((out_dir / "orch_state.json").read_text())
+    except (OSError, ValueError):
+        return {"wall_s": 0.0, "attempts": 0}
+
+
+def _write_state(out_dir: Path, state: dict[str, Any]) -> None:
+    tmp = out_dir / "orch_state.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, out_dir / "orch_state.json")
+
+
+def _maybe_crash(marker: str, name: str) -> None:
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, name.encode())
+    os.close(fd)
+    raise RuntimeError(f"{CRASH_ONCE_ENV}: simulated crash of trial {name} after its first epoch (test hook)")

@@ -1,0 +1,197 @@
+"""Sweep-file loading and validation: every bad input is refused before Ray starts, with file, line, key and
+value in the message, exit code 2, and nothing written. No Ray here: these run in seconds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.spec import SpecErrors, load_spec, produced_metrics
+
+# A valid file; each case below edits it. Line numbers matter: the messages must point at them.
+VALID = """\
+name: cat
+base:
+  epochs: 1
+  data: {name: digits, val_size: 100}
+  model: {name: small_cnn}
+  method: {name: fgsm_sdi, k: 20, gen_width: 8}
+  eval: {attacks: [clean, pgd10], subset: 100, train_batch_size: 64}
+axes:
+  method.k: [1, 40]
+seeds: 2
+metric: best/pgd10@8
+"""
+
+
+def edit(replace: dict[str, str] | None = None, append: str = "") -> str:
+    text = VALID
+    for old, new in (replace or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text + append
+
+
+# (id, file text, extra CLI args, expected line or None, substrings that must all appear)
+CASES = [
+    ("yaml-syntax", edit({"  model: {name: small_cnn}": "  model: {name: small_cnn"}), [], 6, ["YAML syntax error"]),
+    ("yaml-indent", edit({"  epochs: 1": "  epochs: 1\n   oops: 2"}), [], 4, ["YAML syntax error"]),
+    ("duplicate-key", edit(append="metric: best/clean\n"), [], 12, ["metric", "duplicate key"]),
+    ("not-a-mapping", "- 1\n- 2\n", [], 1, ["must be a mapping"]),
+    ("unknown-top-key", edit(append="metirc: x\n"), [], 12, ["metirc", "unknown key", "known keys here"]),
+    ("unknown-search-key", edit(append="search: {algorithm: grid, num_sample: 2}\n"), [], 12, ["search.num_sample", "unknown key"]),
+    ("unknown-algorithm", edit(append="search: {algorithm: bayes}\n"), [], 12, ["search.algorithm", "'bayes'"]),
+    ("wrong-type-int", edit(append="max_concurrent_trials: two\n"), [], 12, ["max_concurrent_trials", "'two'"]),
+    ("wrong-type-bool", edit(append="max_failures: true\n"), [], 12, ["max_failures", "true"]),
+    ("name-escapes", edit({"name: cat": "name: ../evil"}), [], 1, ["name", "'../evil'"]),
+    ("empty-axis", edit({"method.k: [1, 40]": "method.k: []"}), [], 9, ["axes.method.k", "empty axis"]),
+    ("repeated-axis-value", edit({"method.k: [1, 40]": "method.k: [1, 1]"}), [], 9, ["repeated value"]),
+    ("range-low-gt-high", edit({"method.k: [1, 40]": "optim.lr: {uniform: [0.1, 0.01]}"}, "search: {algorithm: random, num_samples: 2}\n"), [], 9, ["impossible range", "[0.1, 0.01]"]),
+    ("loguniform-nonpositive", edit({"method.k: [1, 40]": "optim.lr: {loguniform: [0, 0.1]}"}, "search: {algorithm: random, num_samples: 2}\n"), [], 9, ["loguniform needs low > 0"]),
+    ("randint-float", edit({"method.k: [1, 40]": "method.k: {randint: [1, 4.5]}"}, "search: {algorithm: random, num_samples: 2}\n"), [], 9, ["randint takes two integers"]),
+    ("unknown-axis-kind", edit({"method.k: [1, 40]": "method.k: {normal: [0, 1]}"}), [], 9, ["unknown axis kind 'normal'"]),
+    ("nested-axis", edit({"method.k: [1, 40]": "method: {k: [1, 40]}"}), [], 9, ["method.k", "dotted"]),
+    ("seed-as-axis", edit({"method.k: [1, 40]": "seed: [0, 1]"}), [], 9, ["seeds:"]),
+    ("range-in-grid", edit({"method.k: [1, 40]": "optim.lr: {uniform: [0.01, 0.1]}"}), [], 9, ["cannot be a grid axis"]),
+    ("empty-seeds", edit({"seeds: 2": "seeds: []"}), [], 10, ["seeds", "empty"]),
+    ("negative-seed", edit({"seeds: 2": "seeds: [0, -1]"}), [], 10, ["seeds[1]", "-1"]),
+    ("unknown-dataset", edit({"name: digits,": "name: digitz,"}), [], 4, ["base.data.name", "'digitz'", "unknown dataset"]),
+    ("unknown-model", edit({"name: small_cnn}": "name: resnet9000}"}), [], 5, ["base.model.name", "'resnet9000'"]),
+    ("unknown-activation", edit({"  model: {name: small_cnn}": "  model: {name: small_cnn, activation: swishy}"}), [], 5, ["base.model.activation", "'swishy'"]),
+    ("unknown-method-in-axis", edit({"method.k: [1, 40]": "method.name: [fgsm_sdi, fgsm_xyz]"}), [], 9, ["axes.method.name", "'fgsm_xyz'"]),
+    ("unknown-attack", edit({"attacks: [clean, pgd10]": "attacks: [clean, pgd11]"}), [], 7, ["base.eval.attacks[1]", "'pgd11'"]),
+    ("k-zero", edit({"method.k: [1, 40]": "method.k: [0, 40]"}), [], 9, ["axes.method.k", "must be >= 1", "k=0"]),
+    ("eps-negative", edit({"  epochs: 1": "  epochs: 1\n  threat: {eps_255: -1}"}), [], 4, ["base.threat.eps_255", "-1"]),
+    ("unknown-base-key", edit({"  epochs: 1": "  epoch: 1"}), [], 3, ["base.epoch", "unknown key"]),
+    ("base-out-dir", edit({"  epochs: 1": "  epochs: 1\n  out_dir: /tmp/x"}), [], 4, ["base.out_dir", "set by orch"]),
+    ("metric-not-produced", edit({"metric: best/pgd10@8": "metric: best/aa@8"}), [], 11, ["metric", "'best/aa@8'", "no such metric"]),
+    ("asha-final-metric", edit(append="scheduler: {name: asha}\n"), [], 11, ["asha", "epoch metric"]),
+    ("optuna-no-samples", edit({"method.k: [1, 40]": "method.k: {randint: [1, 40]}"}, "search: {algorithm: optuna}\n"), [], 12, ["num_samples is required"]),
+    ("fractional-gpu-over-1", edit(append="resources: {gpu: 1.5}\n"), [], 12, ["resources.gpu", "1.5"]),
+    ("too-many-cpus", edit(append="resources: {cpu: 4096}\n"), [], 12, ["resources.cpu", "4096", "more CPUs"]),
+    ("relative-sqlite", edit(append="tracking: {uri: 'sqlite:///mlflow.db'}\n"), [], 12, ["tracking.uri", "absolute"]),
+    ("too-many-trials", edit({"seeds: 2": "seeds: 600"}), [], 8, ["1200 trials", "--yes"]),
+    ("no-such-profile", VALID, ["--profile", "nope"], None, ["--profile nope", "no such profile"]),
+    ("set-unknown", VALID, ["--set", "epochs=3"], None, ["--set epochs=3", "did you mean base.epochs"]),
+    ("set-bad-value", VALID, ["--set", "base.epochs=0"], None, ["--set base.epochs=0", "must be > 0"]),
+    ("set-no-equals", VALID, ["--set", "base.epochs"], None, ["expected key=value"]),
+    ("unreachable-server", VALID, ["--tracking-uri", "http://127.0.0.1:9"], None, ["tracking.uri", "cannot reach"]),
+]
+if not torch.cuda.is_available():
+    CASES.append(("gpu-on-cpu-machine", edit(append="resources: {gpu: 1}\n"), [], 12, ["resources.gpu", "more GPUs"]))
+
+
+def test_catalogue_is_large() -> None:
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_sweep_file_refused_before_anything(case, tmp_path: Path, cli) -> None:
+    cid, text, args, line, needles = case
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    data = tmp_path / "data"
+    res = cli("sweep", f, "--data-dir", data, *args)
+    out = res.output
+    assert res.exit_code == 2, out
+    assert "nothing was run or written" in out
+    if line is not None:
+        assert f"{f}:{line}" in out, out
+    for n in needles:
+        assert n in out, f"{n!r} not in {out}"
+    assert not data.exists(), "a refused sweep wrote to the data folder"
+
+
+def test_missing_file(tmp_path: Path, cli) -> None:
+    res = cli("validate", tmp_path / "nope.yaml")
+    assert res.exit_code == 2 and "no such file" in res.output
+
+
+def test_yes_allows_a_big_grid(tmp_path: Path) -> None:
+    f = tmp_path / "big.yaml"
+    f.write_text(edit({"seeds: 2": "seeds: 600"}))
+    with pytest.raises(SpecErrors):
+        load_spec(f)
+    assert load_spec(f, yes=True).num_trials == 1200
+
+
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "many.yaml"
+    f.write_text(edit({"method.k: [1, 40]": "method.k: []", "seeds: 2": "seeds: []"}, "metirc: x\n"))
+    with pytest.raises(SpecErrors) as e:
+        load_spec(f)
+    keys = {x.key for x in e.value.errors}
+    assert {"metirc", "axes.method.k", "seeds"} <= keys
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def test_grid_trials_names_keys_and_scientific_floats(tmp_path: Path) -> None:
+    f = tmp_path / "g.yaml"
+    f.write_text(edit({"method.k: [1, 40]": "method.k: [1, 40]\n  optim.lr: [1e-2, 0.1]"}))
+    s = load_spec(f)
+    assert s.num_trials == 2 * 2 * 2 and len(s.trials) == 8
+    assert s.trials[0].swept == {"method.k": 1, "optim.lr": 0.01}  # 1e-2 is a number, not the string "1e-2"
+    assert [t.name for t in s.trials[:3]] == ["k=1,lr=0.01,seed=0", "k=1,lr=0.01,seed=1", "k=1,lr=0.1,seed=0"]
+    assert len({t.key for t in s.trials}) == 8
+    assert load_spec(f).trials[5].key == s.trials[5].key  # stable across loads
+
+
+def test_random_points_are_seeded_and_paired_across_seeds(tmp_path: Path) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text(edit({"method.k: [1, 40]": "method.k: {randint: [1, 40]}\n  optim.lr: {loguniform: [0.001, 0.1]}"},
+                      "search: {algorithm: random, num_samples: 3, seed: 7}\n"))
+    a, b = load_spec(f), load_spec(f)
+    assert [t.swept for t in a.trials] == [t.swept for t in b.trials]
+    assert a.trials[0].swept == a.trials[1].swept and a.trials[0].seed != a.trials[1].seed  # paired seeds
+    for t in a.trials:
+        assert 1 <= t.swept["method.k"] <= 40 and 0.001 <= t.swept["optim.lr"] <= 0.1
+    assert len({t.key for t in a.trials}) == 6
+
+
+def test_profiles_overlay_and_point_errors_at_profile_lines(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text(VALID + "default_profile: fast\nprofiles:\n  fast:\n    base: {epochs: 2}\n  broken:\n    base: {epochs: 0}\n")
+    s = load_spec(f)
+    assert s.name == "cat-fast" and s.epochs == [2] and s.base["data"]["name"] == "digits"
+    assert load_spec(f, profile="none").name == "cat"
+    with pytest.raises(SpecErrors) as e:
+        load_spec(f, profile="broken")
+    assert f"{f}:17" in str(e.value) and "base.epochs" in str(e.value)
+
+
+def test_set_overrides_axes_and_base(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text(VALID)
+    s = load_spec(f, sets=["axes.method.k=[2, 3, 4]", "seeds=[5]", "base.epochs=3"])
+    assert [t.swept["method.k"] for t in s.trials] == [2, 3, 4] and s.seeds == [5] and s.epochs == [3]
+
+
+def test_produced_metrics_names() -> None:
+    from training.config import RunConfig
+
+    cfg = RunConfig.from_dict({"threat": {"eps_255": 8}, "eval": {"attacks": ["clean", "pgd10", "aa"], "eps_255": [4]}})
+    m = produced_metrics(cfg)
+    assert {"best/clean", "last/pgd10@8", "best/pgd10@4", "best/aa@8", "best/aa/apgd_t@4", "val/pgd_acc"} <= m
+    assert "best/pgd20@8" not in m
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].joinpath("sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_repository_sweep_files_validate_with_every_profile(path: Path) -> None:
+    from orchestrator.spec import parse_yaml
+
+    doc, _ = parse_yaml(path.read_text(), str(path))
+    for profile in [None, "none", *(doc.get("profiles") or {})]:
+        s = load_spec(path, profile=profile)
+        assert s.num_trials >= 1
+
+
+def test_k_interval_demo_is_the_default_and_matches_the_thesis_axis() -> None:
+    path = Path(__file__).resolve().parents[2] / "sweeps" / "k_interval.yaml"
+    demo, paper = load_spec(path), load_spec(path, profile="paper")
+    assert demo.profile == "demo" and demo.base["data"]["name"] == "digits"
+    assert [a.values for a in paper.axes] == [(1, 2, 10, 20, 30, 40)]
+    assert paper.base["data"]["name"] == "cifar10" and paper.base["model"]["name"] == "resnet18" and paper.epochs == [110]
+    assert paper.base["eval"]["subset"] is None and paper.resources.gpu == 1
