@@ -18,13 +18,15 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/orch train --set data.name=digits --set model.name=small_cnn --set method.name=fgsm_sdi --set epochs=8 --set out_dir=orch_data/demo_train
+	$(VENV)/bin/orch sweep sweeps/k_interval.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/method_cost.py
+	$(PY) benchmarks/sweep_efficiency.py
 
 clean:
 	rm -rf $(VENV) orch_data .pytest_cache
