@@ -117,8 +117,8 @@ def main() -> None:
             # through the g2 graph (≈ one more input backward)
             return "3F + 3b + 1B (≈ double backprop)", 3 * t_fwd + 3 * t_in + t_full
         if name == "fgsm_ckpt":
-            # attack F + b; c-1 = 2 no-grad forwards on the still-correct subset (≈ all of it for a random
-            # model, so an upper bound here); training F + B
+            # attack F + b; c-1 = 2 no-grad forwards on the subset still correct at the random start (an
+            # assumed 80% of the batch: not measured, so this row's prediction is the loosest); training F + B
             return "2F + 1b + 1B + ≤2F(no grad)", 2 * t_fwd + t_in + t_full + 2 * t_fwd * 0.8
         if name == "free":
             return f"{p['m']} x (1F + 1B)", p["m"] * (t_fwd + t_full)

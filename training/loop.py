@@ -67,13 +67,12 @@ class _Progress:
     def __init__(self, enabled: bool, total_epochs: int) -> None:
         self.enabled, self.total_epochs, self.last = enabled, total_epochs, 0.0
 
-    def update(self, epoch: int, i: int, n: int, msg: str = "", force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.time()
-        if not force and now - self.last < 0.5:
-            return
-        self.last = now
+    def due(self) -> bool:
+        """True at most twice a second, so the caller only syncs with the device to build a message then."""
+        return self.enabled and time.time() - self.last >= 0.5
+
+    def update(self, epoch: int, i: int, n: int, msg: str = "") -> None:
+        self.last = time.time()
         w = 24
         done = int(w * i / max(n, 1))
         sys.stderr.write(f"\repoch {epoch}/{self.total_epochs} [{'=' * done}{' ' * (w - done)}] {i}/{n} {msg}   ")
@@ -180,10 +179,11 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         ck = ckpt.load(resume, map_location=device)
         saved = RunConfig.from_dict(ck["config"])
         if saved.hash() != cfg.hash():
+            now = cfg.to_dict_flat()
             diff = {
-                k: (v, cfg.to_dict_flat().get(k))
+                k: (v, now.get(k))
                 for k, v in saved.to_dict_flat().items()
-                if cfg.to_dict_flat().get(k) != v and k not in ("name", "out_dir")
+                if now.get(k) != v and k not in ("name", "out_dir")
             }
             raise ValueError(f"resume={resume}: the checkpoint was written by a different config: {diff}")
         model.load_state_dict(ck["model"])
@@ -193,7 +193,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         state = ck["loop"]
         ckpt.set_rng_state(ck["rng"])
         start_epoch = ck["epoch"] + 1
-    _trim_metrics(out / "metrics.jsonl", start_epoch - 1)
+    history = _trim_metrics(out / "metrics.jsonl", start_epoch - 1)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     def payload(epoch: int) -> dict[str, Any]:
@@ -210,7 +210,6 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
 
     bar = _Progress(progress, data_epochs)
     outcome, diverged_epoch, prev_weights = "finished", None, None
-    history: list[dict[str, Any]] = _read_metrics(out / "metrics.jsonl")
 
     # ------------------------------------------------------------------ epochs
     for epoch in range(start_epoch, data_epochs + 1):
@@ -229,7 +228,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
             loss_sum += st["loss"].float()
             correct += st["correct"].float()
             seen += len(y)
-            if progress:
+            if bar.due():
                 bar.update(epoch, it + 1, n_batches, f"loss {loss_sum.item() / (it + 1):.3f}")
         _sync(device)
         epoch_s = time.perf_counter() - t0
@@ -358,10 +357,12 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _trim_metrics(path: Path, upto_epoch: int) -> None:
-    """Keep only the epochs a resume starts after (a kill between the metrics line and the checkpoint)."""
+def _trim_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+    """Keep only the epochs a resume starts after (a kill between the metrics line and the checkpoint);
+    returns the kept records."""
     rows = [r for r in _read_metrics(path) if r["epoch"] <= upto_epoch]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
 
 
 def train(cfg: RunConfig, **kw: Any) -> dict[str, Any]:

@@ -22,16 +22,6 @@ X = torch.arange(-400, 401, dtype=torch.float64) / 100  # [-4, 4] step 0.01, inc
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The 2 CPU cores are shared; with 2 intra-op threads every op waits at an OpenMP barrier for a descheduled
-    # thread (measured on test_models.py: 78 s with 2 threads vs 15 s with 1 under load). Restored after the module.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def value_and_grad(act: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.clone().requires_grad_(True)
     y = act(x)

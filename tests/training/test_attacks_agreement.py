@@ -25,15 +25,6 @@ EPS = 0.1  # on digits (pixels in steps of 1/16) this leaves the model about 75%
 TOL = 0.01  # one point of accuracy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models: intra-op threads only add synchronisation, which stalls badly on a shared, busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An MLP trained for 300 Adam steps with FGSM-RS (ε = 0.1) on 1,200 digits; returns (model, 500 test x, y)."""

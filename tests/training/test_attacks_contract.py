@@ -56,15 +56,6 @@ class TinyNet(nn.Module):
         return self.head(self.features(x))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the models are tiny: intra-op threads only add synchronisation, which stalls badly on a shared, busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits

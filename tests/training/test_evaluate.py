@@ -38,15 +38,6 @@ class Net(nn.Module):
         return self.body(self.recorder(x))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models: intra-op threads only add synchronisation, which stalls badly on a shared, busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained() -> tuple[Net, torch.Tensor, torch.Tensor]:
     """A tiny CNN trained for 150 Adam steps on 1,200 digits; returns (model, 200 test x, y)."""

@@ -32,16 +32,6 @@ EXPECTED_SITES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The 2 CPU cores are shared; with 2 intra-op threads every op waits at an OpenMP barrier for a descheduled
-    # thread (measured: this file 78 s with 2 threads vs 15 s with 1 under load). Restored after the module.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _x(n: int = 2, c: int = 3, size: int = 32, *, requires_grad: bool = False) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.rand(n, c, size, size, generator=g).requires_grad_(requires_grad)

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training.activations import grad_phase
+from training.attacks._util import project as project_point
 from training.config import Params
 
 
@@ -118,9 +119,8 @@ def clip_eps(delta: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def project(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
-    """δ clipped to the ε-ball and so that x+δ stays in [0,1]."""
-    delta = delta.clamp(-eps, eps)
-    return (x + delta).clamp(0, 1) - x
+    """δ clipped to the ε-ball and so that x+δ stays in [0,1] (the attacks' projection, expressed on δ)."""
+    return project_point(x + delta, x, eps) - x
 
 
 def uniform_delta(x: torch.Tensor, eps: float) -> torch.Tensor:
