@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.spec import SpecErrors, SweepSpec, check_resources, check_sweep_dir, load_spec, tracking_uri_problem
+from orchestrator.spec import SpecErrors, SweepSpec, check_resources, check_storage, check_sweep_dir, load_spec, storage_error, tracking_uri_problem
 
 app = typer.Typer(
     name="orch",
@@ -115,6 +115,8 @@ def sweep(
                     err_console.print(f"[yellow]warning[/]: {x} (a run here would be refused; use --address)", highlight=False)
     try:
         check_sweep_dir(spec, sdir, resume)
+        if not dry_run:
+            check_storage(sdir)
     except SpecErrors as e:
         errors += e.errors
     uri = tracking_uri or spec.tracking_uri
@@ -147,6 +149,13 @@ def _run(spec: SweepSpec, sdir: Path, *, resume: bool, address: str | None, trac
     except KeyboardInterrupt:
         err_console.print(f"\n[yellow]interrupted[/]: checkpoints are kept in {sdir}. Resume with:\n  {resume_cmd}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as e:  # a full or read-only disk surfaces from deep inside Ray: say what it is, once
+        se = storage_error(e)
+        if se is None:
+            raise
+        err_console.print(f"[bold red]error[/]: cannot write {se.filename or sdir}: {se.strerror}. What was written before "
+                          f"is kept in {sdir}; make room (or fix the permissions), then resume with:\n  {resume_cmd}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
     _print_summary(res, sdir)
     if res.interrupted:
         err_console.print(f"[yellow]the sweep stopped before every trial finished[/] ({res.statuses}). Resume with:\n  {resume_cmd}")
@@ -175,8 +184,10 @@ def _print_summary(res: Any, sdir: Path) -> None:
             t.add_row("browse", f"orch ui {sdir}   (= mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1)")
         else:
             t.add_row("browse", res.tracking_uri)
-    if res.tracking_failures:
-        t.add_row("[red]MLflow[/]", f"{res.tracking_failures} logging calls could not be delivered (the numbers are in results.parquet)")
+    if res.tracking_failures or res.unlogged_trials:
+        t.add_row("[red]MLflow[/]", f"{len(res.unlogged_trials)} trials and {res.tracking_failures} logging calls could not be delivered: "
+                  "the numbers are in results.parquet and the trial folders; run the same command with --resume once "
+                  "the server answers to log them")
     console.print(t)
 
 

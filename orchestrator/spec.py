@@ -21,9 +21,11 @@ nothing is started before this returns.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +203,9 @@ class SearchConfig(_Strict):
     algorithm: Literal["grid", "random", "optuna"] = "grid"
     num_samples: int | None = Field(None, ge=1)  # random / optuna: configs to try (each runs with every seed)
     seed: int = 0  # random points / TPE sampler seed
+    # optuna: the study's storage; default sqlite in the sweep folder. Several sweeps (or machines) may share one
+    # database: each sweep is its own study (named after the sweep). sqlite:////abs/path.db or postgresql://...
+    storage: str | None = None
 
 
 class SchedulerConfig(_Strict):
@@ -418,10 +423,13 @@ def load_spec(
         _parse_seeds(doc.get("seeds", _MISSING), doc.get("base") if isinstance(doc.get("base"), dict) else {}, origins, errors)
         raise SpecErrors(errors) from None
     errors = []
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", model.name):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", model.name) or ".." in model.name:
         errors.append(origins.error(("name",), model.name, "must be 1-100 of A-Z a-z 0-9 _ . - (it names a folder, an MLflow experiment and an Optuna study)"))
     for pname in model.profiles:
-        if pname == NO_PROFILE:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,49}", str(pname)) or ".." in str(pname):
+            errors.append(origins.error(("profiles", pname), pname, "a profile name must be 1-50 of A-Z a-z 0-9 _ . - "
+                                        "(it becomes part of the sweep folder's name)", key=f"profiles.{pname}"))
+        elif pname == NO_PROFILE:
             errors.append(origins.error(("profiles", pname), pname, f"'{NO_PROFILE}' is reserved (it means: no profile)"))
     name = model.name if chosen is None else f"{model.name}-{chosen}"
 
@@ -451,6 +459,13 @@ def load_spec(
             errors.append(origins.error(("metric",), model.metric, "asha compares trials every epoch, so `metric` must be an epoch metric: " + ", ".join(EPOCH_METRICS)))
     if model.resources.gpu > 1 and model.resources.gpu != int(model.resources.gpu):
         errors.append(origins.error(("resources", "gpu"), model.resources.gpu, "a fraction of a GPU must be <= 1 (0.5 packs two trials per GPU); above 1, whole GPUs"))
+    st = model.search.storage
+    if st is not None:
+        if alg != "optuna":
+            errors.append(origins.error(("search", "storage"), st, "only an optuna search keeps a study storage"))
+        elif not (st.startswith("sqlite:////") or st.startswith(("postgresql", "mysql"))):
+            errors.append(origins.error(("search", "storage"), st, "expected sqlite:////abs/path.db (an absolute path), "
+                                        "postgresql://... or mysql://..."))
     uri = model.tracking.uri
     if uri is not None:
         err = tracking_uri_problem(uri)
@@ -708,6 +723,45 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
     for _, cfg in configs[:1]:
         if cfg.device.startswith("cuda") and spec.resources.gpu == 0:
             raise SpecErrors([origins.error(("resources", "gpu"), 0, f"trials ask for device {cfg.device} but get no GPU: set resources.gpu (or device: auto)")])
+
+
+MIN_FREE_MB_ENV = "ORCH_MIN_FREE_MB"  # free space a sweep needs to start (default 200 MB)
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def check_storage(sweep_dir: Path, option: str = "--data-dir") -> None:
+    """Refuse, before anything is written, an output folder that cannot hold the sweep: a path through a file,
+    a read-only or unwritable file system, or less free space than ``ORCH_MIN_FREE_MB`` (default 200 MB)."""
+    sweep_dir = Path(sweep_dir)
+    probe = sweep_dir
+    while not probe.exists():
+        if probe.is_symlink():  # a dangling link
+            raise SpecErrors([SpecError(option, "output folder", str(probe), "is a broken symbolic link")])
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SpecErrors([SpecError(option, "output folder", str(sweep_dir), f"{probe} is a file, not a folder")])
+    st = os.statvfs(probe)
+    if st.f_flag & os.ST_RDONLY:
+        raise SpecErrors([SpecError(option, "output folder", str(sweep_dir), f"{probe} is on a read-only file system")])
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SpecErrors([SpecError(option, "output folder", str(sweep_dir), f"{probe} is not writable by this user")])
+    need = float(os.environ.get(MIN_FREE_MB_ENV, "200"))
+    free = st.f_bavail * st.f_frsize / 2**20
+    if free < need:
+        raise SpecErrors([SpecError(option, "output folder", str(sweep_dir),
+            f"only {free:.1f} MB free on the file system of {probe}; a sweep needs at least {need:g} MB to start "
+            f"(checkpoints, Ray's experiment state, MLflow); free space or set {MIN_FREE_MB_ENV}")])
+
+
+def storage_error(e: BaseException) -> OSError | None:
+    """The out-of-space / read-only / permission OSError behind an exception (Ray wraps them), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def check_resources(spec: SweepSpec, cpus: float, gpus: float, where: str = "this machine") -> None:

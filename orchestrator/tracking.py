@@ -8,22 +8,31 @@ The only module that imports ``mlflow`` (lazily, inside :class:`Tracker`).
   name, the swept values and the seed). Retries and resumed trials log into the same run. Deciding
   "find or create" in one process (the driver) means no race between a dying worker and its replacement, and no
   duplicate runs. Ray's stock callback creates a new run after every restore (stack.md Q4: 6 runs for 4 trials).
-- *Exactly once per epoch.* The driver remembers the last epoch logged to each run (read back from MLflow for
-  runs of an earlier invocation) and skips epochs it already has. Re-reported epochs (a retry from an older
+- *Exactly once per epoch.* The driver remembers the epochs logged to each run (for a run of an earlier
+  invocation: 1 to its last ``epoch`` metric) and skips epochs it already has. Re-reported epochs (a retry from an older
   checkpoint, a replay) are therefore not logged twice.
 - *Speed.* One ``log_batch`` per epoch, with the user metrics only. stack.md Q3 measured 13.6 s for the
   batched driver callback against 18.7 s for the stock per-metric callback (the same lean server; baseline
   13.2 s). Workers also skip ``import mlflow`` (2.4 s each) and keep no HTTP connection.
 - *SQLite.* With the default ``sqlite:///<sweep>/mlflow.db`` store, a single writing process never sees
   "database is locked".
-- *Outages.* Failed calls are retried with back-off, then queued and flushed at the next event and at the end;
-  what still could not be logged is reported (the numbers are also in ``results.parquet`` and the trial folders).
+- *Outages.* A failed call is retried with back-off, then queued; while anything is queued, later calls join
+  the queue behind it (so a run's epochs keep their order) and the queue is retried at every Tune step and at
+  the end (waiting up to ``ORCH_MLFLOW_WAIT_S``, default 60 s, for the server to come back). A trial's run is
+  never *created* from the queue (that would make a second run for the trial): when the server is down at a
+  trial's start its run is created at its next event, and a trial that ends during the outage is logged in
+  full (every epoch from its ``metrics.jsonl``, final numbers, artifacts) once the server answers again, or by
+  ``orch sweep FILE --resume`` if it never does within the sweep. Nothing is lost: the numbers are in
+  ``results.parquet`` and the trial folders either way. MLflow's own HTTP retries (7, with exponential
+  back-off, about 2 minutes per call) are cut to ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2`` and a 20 s timeout, unless
+  set, so an outage does not freeze the driver's event loop.
 
 Names: MLflow refuses ``@`` in metric names, so ``best/pgd10@8`` is logged as ``best/pgd10_eps8``
 (:func:`mlflow_key`). Parameters are the flattened resolved RunConfig (``method.k``, ``optim.lr``, ...).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -39,7 +48,8 @@ from typing import Any, Callable
 
 log = logging.getLogger("orch.tracking")
 
-RETRIES = 3
+RETRIES = 2  # ours, around MLflow's own HTTP retries
+FLUSH_BACKOFF_S = 5.0  # during an outage, how often the queue is retried
 TRIAL_KEY_TAG = "orch.trial_key"
 # what of a final record becomes MLflow metrics (not Tune's bookkeeping: pid, timestamp, training_iteration...)
 FINAL_PREFIXES = ("best/", "last/", "seconds/", "time/")
@@ -82,34 +92,67 @@ def git_info(path: Path | None = None) -> dict[str, str]:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
 
 
+@contextlib.contextmanager
+def sqlite_init_lock(uri: str):
+    """Serialise the first use of a SQLite store between processes (two sweeps started together on one shared
+    ``mlflow.db`` or ``optuna.db``): both would run the schema migrations at once and one fails with
+    "duplicate column name". A no-op for other stores."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init-lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Tracker:
     """Driver-side MLflow logging for one sweep invocation (see the module docstring for why the driver)."""
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None) -> None:
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow sets INFO on import ("Creating tables...")
+        # a full disk or a locked SQLite store makes MLflow log each failed INSERT with its SQL and parameters at
+        # ERROR; the retry-and-queue logic here reports failures itself, once
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        exp = self._call(self.client.get_experiment_by_name, experiment, queue=False)
-        if exp is None:
-            self.experiment_id = self._call(self.client.create_experiment, experiment, artifact_location=artifact_location, queue=False)
-        else:
-            self.experiment_id = exp.experiment_id
+        with sqlite_init_lock(uri):  # creating the client creates (migrates) the store
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self._call(self.client.get_experiment_by_name, experiment, queue=False)
+            if exp is None:
+                self.experiment_id = self._call(self.client.create_experiment, experiment, artifact_location=artifact_location, queue=False)
+            else:
+                self.experiment_id = exp.experiment_id
         self.experiment = experiment
         self.parent_id: str | None = None
         self.runs: dict[str, str] = {}  # trial key -> run id
-        self.logged_epoch: dict[str, int] = {}  # run id -> last epoch logged
+        self.run_status: dict[str, str] = {}  # run id -> status read back at start (RUNNING, FINISHED, ...)
+        self.logged: dict[str, set[int]] = {}  # run id -> epochs logged (an outage can leave gaps, filled at the end)
         self.tagged: set[str] = set()  # runs whose worker tags (host, torch) are set in this invocation
         self.pending: list[tuple[Callable[..., Any], tuple, dict]] = []
+        self._next_flush = 0.0
         self.failures = 0
         self._load_existing_runs()
 
     # ------------------------------------------------------------------ robustness
     def _call(self, fn: Callable[..., Any], *args: Any, queue: bool = True, **kw: Any) -> Any:
-        """Call the MLflow client with retries; on persistent failure queue the call (or raise if queue=False)."""
-        self.flush()
+        """Call the MLflow client with retries; on persistent failure queue the call (or raise if queue=False).
+        While calls are queued (an outage), a queueable call joins the queue at once: order is kept and the
+        driver does not wait out the retries once per call."""
+        if self.flush() and queue:
+            self.pending.append((fn, args, kw))
+            return None
         delay = 0.5
         for attempt in range(RETRIES):
             try:
@@ -127,16 +170,49 @@ class Tracker:
                 time.sleep(delay)
                 delay *= 2
 
-    def flush(self) -> int:
-        """Retry queued calls in order; returns how many are still pending."""
-        while getattr(self, "pending", None):
+    def flush(self, force: bool = False) -> int:
+        """Retry queued calls in order; returns how many are still pending. After a failed try the queue is left
+        alone for ``FLUSH_BACKOFF_S`` (unless ``force``), so an outage costs the driver one try per few seconds."""
+        if not getattr(self, "pending", None):
+            return 0
+        if not force and time.time() < self._next_flush:
+            return len(self.pending)
+        while self.pending:
             fn, args, kw = self.pending[0]
             try:
                 fn(*args, **kw)
-            except Exception:  # noqa: BLE001
+            except Exception as e:  # noqa: BLE001
+                if _is_client_error(e):  # e.g. a batch the server now refuses: drop it, keep the rest going
+                    log.warning("MLflow refused a queued %s: %s", getattr(fn, "__name__", fn), e)
+                    self.pending.pop(0)
+                    continue
+                self._next_flush = time.time() + FLUSH_BACKOFF_S
                 return len(self.pending)
             self.pending.pop(0)
         return 0
+
+    def healthy(self) -> bool:
+        """Nothing queued, and the store answers (a cheap read)."""
+        if self.flush():
+            return False
+        try:
+            self.client.get_experiment(self.experiment_id)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def wait_until_delivered(self, seconds: float, on_wait: Callable[[int], None] | None = None) -> int:
+        """At the end of a sweep: retry the queue for up to ``seconds``; returns how many calls are still queued."""
+        deadline = time.time() + seconds
+        left = self.flush()
+        told = False
+        while left and time.time() < deadline:
+            if on_wait is not None and not told:
+                on_wait(left)
+                told = True
+            time.sleep(min(2.0, max(0.0, deadline - time.time())))
+            left = self.flush(force=True)
+        return left
 
     # ------------------------------------------------------------------ runs
     def _load_existing_runs(self) -> None:
@@ -151,8 +227,9 @@ class Tracker:
                 key = r.data.tags.get(TRIAL_KEY_TAG)
                 if key and key not in self.runs:
                     self.runs[key] = r.info.run_id
+                    self.run_status[r.info.run_id] = r.info.status
                     last = r.data.metrics.get("epoch")
-                    self.logged_epoch[r.info.run_id] = int(last) if last is not None else 0
+                    self.logged[r.info.run_id] = set(range(1, int(last) + 1)) if last is not None else set()
             token = page.token
             if not token:
                 break
@@ -184,7 +261,9 @@ class Tracker:
             self._call(self.client.log_artifact, self.parent_id, str(path))
 
     def trial_run(self, key: str, name: str, params: dict[str, Any], tags: dict[str, str]) -> str | None:
-        """The trial's run: found by ``orch.trial_key``, or created (nested under this invocation's parent)."""
+        """The trial's run: found by ``orch.trial_key``, or created (nested under this invocation's parent).
+        None when the store cannot be reached now: the caller asks again at the trial's next event (creating
+        a run is never queued, so a trial cannot end up with two runs)."""
         from mlflow.entities import Param
 
         if key in self.runs:
@@ -194,16 +273,28 @@ class Tracker:
         all_tags = {TRIAL_KEY_TAG: key, **tags}
         if self.parent_id:
             all_tags["mlflow.parentRunId"] = self.parent_id
-        run = self._call(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
-        if run is None:
+        if self.flush():
+            return None
+        try:
+            run = self._call(self.client.create_run, self.experiment_id, run_name=name, tags=all_tags, queue=False)
+        except Exception as e:  # noqa: BLE001
+            if _is_client_error(e):
+                raise
+            self.failures += 1
+            log.warning("MLflow create_run for %s failed (%s); will try again at its next event", name, e)
             return None
         run_id = run.info.run_id
         self.runs[key] = run_id
-        self.logged_epoch[run_id] = 0
+        self.logged[run_id] = set()
         items = [Param(k, _param(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self._call(self.client.log_batch, run_id, params=items[i : i + 100])
         return run_id
+
+    def finished_with(self, key: str, status: str) -> bool:
+        """Whether the trial's run was already closed with ``status`` when this invocation started."""
+        run_id = self.runs.get(key)
+        return run_id is not None and self.run_status.get(run_id) == status
 
     def set_tags(self, run_id: str, tags: dict[str, Any], once: bool = False) -> None:
         if once and run_id in self.tagged:
@@ -216,10 +307,11 @@ class Tracker:
     def log_epoch(self, run_id: str, record: dict[str, Any]) -> bool:
         """Log one epoch record (skipped if that epoch is already in the run); True if logged."""
         epoch = int(record["epoch"])
-        if epoch <= self.logged_epoch.get(run_id, 0):
+        done = self.logged.setdefault(run_id, set())
+        if epoch in done:
             return False
         self._log_metrics(run_id, record, step=epoch)
-        self.logged_epoch[run_id] = epoch
+        done.add(epoch)
         return True
 
     def log_final(self, run_id: str, final: dict[str, Any], step: int, artifacts: list[Path], status: str) -> None:
@@ -231,6 +323,7 @@ class Tracker:
             if a.exists():
                 self._call(self.client.log_artifact, run_id, str(a))
         self._call(self.client.set_terminated, run_id, status)
+        self.run_status[run_id] = status
 
     def close_unfinished(self, keys: set[str]) -> None:
         """Runs of trials this invocation left unfinished (Ctrl-C, a budget) become KILLED; a resume reopens them."""
@@ -241,6 +334,7 @@ class Tracker:
     def fail_trial(self, run_id: str, error: str) -> None:
         self.set_tags(run_id, {"orch.outcome": "failed", "orch.error": error[-4000:]})
         self._call(self.client.set_terminated, run_id, "FAILED")
+        self.run_status[run_id] = "FAILED"
 
     def _log_metrics(self, run_id: str, record: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ DRIVER_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1",
 }
+MLFLOW_WAIT_ENV = "ORCH_MLFLOW_WAIT_S"  # at the end of a sweep, how long to wait for an unreachable MLflow (default 60)
 # what trial workers need from the environment (passed through the runtime env of a cluster we start)
 WORKER_ENV = {k: DRIVER_ENV[k] for k in ("RAY_CHDIR_TO_TRIAL_DIR", "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS")}
 
@@ -182,7 +182,7 @@ def fail_zombie_optuna_trials(storage_url: str, study_name: str) -> int:
     from optuna.trial import TrialState
 
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url)
+        study = optuna.load_study(study_name=study_name, storage=optuna_storage(storage_url))
     except KeyError:
         return 0
     n = 0
@@ -253,6 +253,8 @@ class SweepCallback(tune.Callback):
         self.index = {t.key: t.index for t in spec.trials}
         self.statuses: dict[str, str] = {}
         self._configs: dict[str, dict[str, Any]] = {}
+        # trials that ended and are not in MLflow yet: key -> (trial, checkpoint folder, last result, status, error)
+        self.deferred: dict[str, tuple[dict[str, Any], Path, dict[str, Any], str, str | None]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _info(self, trial: Any) -> _TrialInfo:
@@ -321,8 +323,9 @@ class SweepCallback(tune.Callback):
         self.live.finished(i.key, i.name, "failed", err)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        if self.tracker is not None and self.tracker.pending:
-            self.tracker.flush()
+        if self.tracker is not None and (self.tracker.pending or self.deferred):
+            if not self.tracker.flush() and self.deferred:
+                self.log_deferred()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for t in trials:
@@ -331,32 +334,58 @@ class SweepCallback(tune.Callback):
     # ------------------------------------------------------------------ results and MLflow at a trial's end
     def record(self, t: dict[str, Any], trial_id: str, checkpoint: Any, last: dict[str, Any], status: str,
                error: str | None = None, write: bool = True) -> None:
-        """A trial ended: its results row, its MLflow final numbers, artifacts and status."""
+        """A trial ended: its results row, then its MLflow final numbers, artifacts and status."""
         cfg = self.resolved_config(t)
         out_dir = trial_dir(self.ctx.trials_dir, t["name"], t["key"])
         run_id = self.tracker.runs.get(t["key"]) if self.tracker is not None else None
-        if self.tracker is not None and run_id is None:  # ended without ever starting here (reconcile)
-            from training.config import flatten
-
-            run_id = self.tracker.trial_run(t["key"], t["name"], flatten(cfg), {"orch.sweep": self.spec.name, "seed": str(t["seed"])})
         self.results.upsert(trial_row(
             key=t["key"], name=t["name"], index=self.index.get(t["key"]), seed=t["seed"], status=status, last_result=last,
             config=cfg, error=error, tune_trial_id=trial_id, mlflow_run_id=run_id, out_dir=str(out_dir),
         ), write=write)
-        if run_id is None:
-            return
+        if self.tracker is not None:
+            src = Path(checkpoint.path) if checkpoint is not None else out_dir
+            self.deferred[t["key"]] = (t, src, last, status, error)
+            self.log_deferred()
+
+    def log_deferred(self) -> None:
+        """Log the trials that ended but are not yet in MLflow (all of them, unless the store is unreachable:
+        then they wait here for the next try). A run created late gets its id into results.parquet too."""
+        for key in list(self.deferred):
+            t, src, last, status, error = self.deferred[key]
+            had_run = key in self.tracker.runs
+            if self._log_end(t, src, last, status, error):
+                del self.deferred[key]
+                if not had_run and key in self.results.rows:
+                    self.results.rows[key]["mlflow_run_id"] = self.tracker.runs[key]
+                    self.results.write()
+            else:
+                break  # the store is down: keep the order, try again at the next step
+
+    def _log_end(self, t: dict[str, Any], src: Path, last: dict[str, Any], status: str, error: str | None) -> bool:
+        """MLflow side of a trial's end; False if its run cannot be created now (nothing was sent)."""
+        run_id = self.tracker.runs.get(t["key"])
+        if run_id is None:  # its start was never logged here (outage, reconcile after a driver died)
+            from training.config import flatten
+
+            run_id = self.tracker.trial_run(t["key"], t["name"], flatten(self.resolved_config(t)),
+                                            {"orch.sweep": self.spec.name, "seed": str(t["seed"]),
+                                             **{f"swept.{k}": json.dumps(v) for k, v in t["swept"].items()}})
+            if run_id is None:
+                return False
         if status == "failed":
             self.tracker.fail_trial(run_id, error or "")
-            return
-        src = Path(checkpoint.path) if checkpoint is not None else out_dir
-        for rec in _epoch_rows(src):  # epochs this driver never saw (reconcile, replay); skipped when logged
+            return True
+        for rec in _epoch_rows(src):  # epochs this driver never sent (outage, reconcile, replay); skipped when logged
             self.tracker.log_epoch(run_id, rec)
-        with tempfile.TemporaryDirectory(prefix="orch-art-") as tmp:
-            artifacts = _trial_artifacts(src, Path(tmp), last, t["name"])
-            final = last if last.get("final") else {"outcome": "stopped"}
-            step = int(last.get("epochs_run") or last.get("epoch") or 0)
-            self.tracker.log_final(run_id, {k: v for k, v in final.items() if not k.startswith("orch/")}, step, artifacts,
-                                   "FINISHED" if status == "finished" else "KILLED")
+        out_dir = trial_dir(self.ctx.trials_dir, t["name"], t["key"])
+        art = out_dir / "mlflow"  # kept (not a temp folder): a queued upload still finds its files
+        art.mkdir(exist_ok=True)
+        artifacts = _trial_artifacts(src, art, last, t["name"])
+        final = last if last.get("final") else {"outcome": "stopped"}
+        step = int(last.get("epochs_run") or last.get("epoch") or 0)
+        self.tracker.log_final(run_id, {k: v for k, v in final.items() if not k.startswith("orch/")}, step, artifacts,
+                               "FINISHED" if status == "finished" else "KILLED")
+        return True
 
 
 def _epoch_rows(src: Path) -> list[dict[str, Any]]:
@@ -422,7 +451,29 @@ class SweepResult:
     num_trials: int
     statuses: dict[str, int] = field(default_factory=dict)  # finished / failed / stopped / incomplete
     interrupted: bool = False
-    tracking_failures: int = 0
+    tracking_failures: int = 0  # MLflow calls still undelivered at the end (an outage that outlasted the wait)
+    unlogged_trials: list[str] = field(default_factory=list)  # trial keys not in MLflow yet (`--resume` logs them)
+
+
+def _deliver(tracker: Any, handler: SweepCallback, deadline: float, console: Any) -> None:
+    """Deliver what an MLflow outage held back (queued calls, then trials that ended during it), retrying until
+    ``deadline``; what is still undelivered then is reported by the caller."""
+    told = False
+    while True:
+        left = tracker.flush(force=True)
+        if not left and handler.deferred:
+            handler.log_deferred()
+            left = tracker.flush(force=True)
+        if not left and not handler.deferred:
+            return
+        if not told:
+            console.print(f"[yellow]MLflow at {tracker.uri} does not answer[/]: {left} calls and {len(handler.deferred)} trials "
+                          f"wait to be logged; retrying until {time.strftime('%H:%M:%S', time.localtime(deadline))} "
+                          f"({MLFLOW_WAIT_ENV} sets how long)", highlight=False)
+            told = True
+        if time.time() >= deadline:
+            return
+        time.sleep(min(2.0, max(0.0, deadline - time.time())))
 
 
 def _start_ray(address: str | None, cpus: float | None) -> bool:
@@ -531,15 +582,30 @@ def run_sweep(
 
         trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
         exp_dir = sweep_dir / EXPERIMENT
-        if resume and tune.Tuner.can_restore(str(exp_dir)):
+        damaged = _damaged_tune_state(exp_dir) if resume else None
+        if damaged and spec.search.algorithm != "optuna":
+            # Ray writes its experiment state in place, so a disk that filled up (or a crash mid-write) can leave
+            # it truncated; the trial folders and results.parquet are intact. Start a new Tune experiment with
+            # the trials not finished yet: each continues from its own folder (trainable: resume rule 2).
+            moved = exp_dir.with_name(f"{EXPERIMENT}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            exp_dir.rename(moved)
+            console.print(f"[yellow]Ray's experiment state is damaged[/] ({damaged}); kept as {moved.name}. "
+                          "Continuing the unfinished trials from their own folders.", highlight=False)
+            done = {k for k, r in results.rows.items() if r.get("status") == "finished"}
+            left = [t for t in spec.trials if t.key not in done]
+            tuner = _new_tuner(spec, sweep_dir, trainable, handler_key, concurrency, skip=done) if left else None
+        elif damaged:
+            raise RuntimeError(f"Ray's experiment state in {exp_dir} is damaged ({damaged}); an Optuna search cannot be "
+                               "continued without it. Its finished trials are in results.parquet and optuna.db.")
+        elif resume and tune.Tuner.can_restore(str(exp_dir)):
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
             tuner = _new_tuner(spec, sweep_dir, trainable, handler_key, concurrency)
         with live:
-            grid = tuner.fit()
+            grid = tuner.fit() if tuner is not None else []
         _reconcile(spec, handler, grid, results)
         if spec.search.algorithm == "optuna":
-            fail_zombie_optuna_trials(_optuna_url(sweep_dir), spec.name)
+            fail_zombie_optuna_trials(_optuna_url(sweep_dir, spec), spec.name)
         counts: dict[str, int] = {}
         for r in results.rows.values():
             counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -549,12 +615,14 @@ def run_sweep(
         interrupted = any(s not in ("TERMINATED", "ERROR") for s in handler.statuses.values()) or incomplete > 0
         wall = time.time() - t0
         if tracker is not None:
+            deadline = time.time() + float(os.environ.get(MLFLOW_WAIT_ENV, "60"))
+            _deliver(tracker, handler, deadline, console)
             tracker.close_unfinished({k for k in handler.info if k not in results.rows})
             tracker.end_sweep("KILLED" if interrupted else ("FAILED" if counts.get("failed") else "FINISHED"),
                               {"trials_finished": counts.get("finished", 0), "trials_failed": counts.get("failed", 0), "wall_s": wall})
-            tracker.flush()
+            _deliver(tracker, handler, deadline, console)
         return SweepResult(sweep_dir, uri, spec.name, tracker.parent_id if tracker else None, wall, spec.num_trials,
-                           counts, interrupted, len(tracker.pending) if tracker else 0)
+                           counts, interrupted, len(tracker.pending) if tracker else 0, sorted(handler.deferred))
     finally:
         _HANDLERS.pop(str(sweep_dir), None)
         if own_ray:
@@ -585,11 +653,48 @@ def lock_sweep_dir(sweep_dir: Path):
     return f
 
 
-def _optuna_url(sweep_dir: Path) -> str:
-    return f"sqlite:///{sweep_dir}/optuna.db"
+def _optuna_url(sweep_dir: Path, spec: SweepSpec) -> str:
+    return spec.search.storage or f"sqlite:///{sweep_dir}/optuna.db"
 
 
-def _new_tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, handler_key: str, concurrency: int) -> tune.Tuner:
+def optuna_storage(url: str) -> Any:
+    """An RDBStorage for ``url``. SQLite shared by several drivers: a 60 s busy timeout (writers queue instead of
+    failing with "database is locked"), and the first connection (which may create the schema while another
+    process does the same) retried."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    from orchestrator.tracking import sqlite_init_lock
+
+    for attempt in range(5):
+        try:
+            with sqlite_init_lock(url):  # creating the schema: one process at a time
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception:  # noqa: BLE001 - sqlalchemy OperationalError / IntegrityError while another creates the schema
+            if attempt == 4:
+                raise
+            time.sleep(1.0 + attempt)
+
+
+def _damaged_tune_state(exp_dir: Path) -> str | None:
+    """Why Tune's saved state in ``exp_dir`` cannot be trusted (a file that does not parse), or None."""
+    import pickle
+
+    for f in sorted(exp_dir.glob("experiment_state-*.json")):
+        try:
+            json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            return f"{f.name}: {e}"
+    for f in sorted(exp_dir.glob("basic-variant-state-*.json")):
+        try:
+            pickle.loads(f.read_bytes())
+        except Exception as e:  # noqa: BLE001 - truncated pickles raise EOFError, UnpicklingError, ...
+            return f"{f.name}: {type(e).__name__}: {e}"
+    return None
+
+
+def _new_tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, handler_key: str, concurrency: int,
+               skip: set[str] = frozenset()) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     search_alg = None
@@ -598,14 +703,14 @@ def _new_tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, handler_key: st
     if spec.search.algorithm == "optuna":
         import optuna
 
-        storage = optuna.storages.RDBStorage(_optuna_url(sweep_dir), engine_kwargs={"connect_args": {"timeout": 60}})
+        storage = optuna_storage(_optuna_url(sweep_dir, spec))
         search_alg = SafeOptunaSearch(
             sweep_name=spec.name, seeds=spec.seeds, space=optuna_space(spec.axes), metric=spec.metric, mode=spec.mode,
             sampler=optuna.samplers.TPESampler(seed=spec.search.seed), storage=storage, study_name=spec.name,
         )
         num_samples = spec.num_trials
     else:
-        param_space = {"trial": tune.grid_search([t.tune_config for t in spec.trials])}
+        param_space = {"trial": tune.grid_search([t.tune_config for t in spec.trials if t.key not in skip])}
     if spec.scheduler.name == "asha":
         scheduler = ASHAScheduler(time_attr="epoch", metric=spec.metric, mode=spec.mode, max_t=spec.scheduler.max_t,
                                   grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor,
@@ -642,7 +747,9 @@ def _reconcile(spec: SweepSpec, handler: SweepCallback, grid: Any, results: Resu
         last = r.metrics or {}
         status = "failed" if r.error is not None else ("finished" if last.get("final") else None)
         row = results.rows.get(t["key"])
-        if status is None or (row is not None and row.get("status") == status):
+        logged = (handler.tracker is None or t["key"] in handler.deferred
+                  or handler.tracker.finished_with(t["key"], "FAILED" if status == "failed" else "FINISHED"))
+        if status is None or (row is not None and row.get("status") == status and logged):
             continue
         handler.record(t, last.get("trial_id", ""), r.checkpoint, last, status, error=str(r.error) if r.error else None, write=False)
         changed = True

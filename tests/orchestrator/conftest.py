@@ -98,38 +98,61 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server over HTTP (sqlite backend, local artifact destination)."""
-    d = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
+def start_mlflow_server(d: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start a real ``mlflow server`` (sqlite ``d/server.db``, artifacts in ``d/artifacts``) on 127.0.0.1 and wait
+    until it answers; the same folder and port start the same store again (outage tests)."""
+    port = port or free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = open(d / "server.log", "w")
+    log = open(d / "server.log", "a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{d}/server.db", "--artifacts-destination", str(d / "artifacts")],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
+    log.close()
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
         try:
             with urllib.request.urlopen(uri + "/health", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, uri
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
+            stop_mlflow_server(proc)
             raise RuntimeError(f"mlflow server did not start: {(d / 'server.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    yield uri
-    proc.terminate()
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    """Stop the server and its workers (its own process group)."""
+    import signal
+
     try:
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=15)
+    except ProcessLookupError:
+        pass
     except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server over HTTP (sqlite backend, local artifact destination)."""
+    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
+    yield uri
+    stop_mlflow_server(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_servers():
+    """``start(folder, port) -> (proc, uri)``, ``stop(proc)``, ``free_port()``: servers a test starts and stops."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(start=start_mlflow_server, stop=stop_mlflow_server, free_port=free_port)
 
 
 def run_cli(runner: CliRunner, *args: str) -> Any:

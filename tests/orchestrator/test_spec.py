@@ -77,6 +77,15 @@ CASES = [
     ("set-bad-value", VALID, ["--set", "base.epochs=0"], None, ["--set base.epochs=0", "must be > 0"]),
     ("set-no-equals", VALID, ["--set", "base.epochs"], None, ["expected key=value"]),
     ("unreachable-server", VALID, ["--tracking-uri", "http://127.0.0.1:9"], None, ["tracking.uri", "cannot reach"]),
+    # safety: nothing in a sweep file is code, and no output path leaves the sweep folder
+    ("yaml-python-tag", edit({"  epochs: 1": "  epochs: !!python/object/apply:os.system ['touch /tmp/orch-pwned']"}), [], 3,
+     ["YAML syntax error", "python/object/apply:os.system"]),
+    ("yaml-python-name", edit(append="description: !!python/name:os.system\n"), [], 12, ["YAML syntax error", "python/name:os.system"]),
+    ("profile-escapes", edit(append="profiles:\n  ../../evil: {seeds: 1}\n"), ["--profile", "../../evil"], 13,
+     ["profiles.../../evil", "profile name"]),
+    ("name-dots", edit({"name: cat": "name: a..b"}), [], 1, ["name", "'a..b'"]),
+    ("optuna-storage-relative", edit({"method.k: [1, 40]": "method.k: {randint: [1, 40]}"},
+     "search: {algorithm: optuna, num_samples: 2, storage: 'sqlite:///optuna.db'}\n"), [], 12, ["search.storage", "absolute"]),
 ]
 if not torch.cuda.is_available():
     CASES.append(("gpu-on-cpu-machine", edit(append="resources: {gpu: 1}\n"), [], 12, ["resources.gpu", "more GPUs"]))
@@ -101,6 +110,7 @@ def test_bad_sweep_file_refused_before_anything(case, tmp_path: Path, cli) -> No
     for n in needles:
         assert n in out, f"{n!r} not in {out}"
     assert not data.exists(), "a refused sweep wrote to the data folder"
+    assert not Path("/tmp/orch-pwned").exists(), "a YAML tag ran code"
 
 
 def test_missing_file(tmp_path: Path, cli) -> None:
