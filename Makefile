@@ -13,6 +13,15 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
 	$(PY) -c 'import torch, ray, mlflow, optuna, pyarrow, typer, training, orchestrator'
+	@# headless Chromium for tests/orchestrator/test_browser.py (skipped without it, a failure in CI): Debian's package
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "warning: no chromium and no apt-get: install Chromium to run tests/orchestrator/test_browser.py"; \
+	  else \
+	    echo "installing chromium (apt-get)"; SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	    { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "warning: apt-get install chromium failed: tests/orchestrator/test_browser.py needs it"; \
+	  fi; }
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -277,20 +277,91 @@ def report(
     profile: ProfileOpt = None,
     data_dir_: DataDirOpt = None,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Only the table, Markdown and CSV.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the files here (default: <sweep>/report).")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0,
+        help="Validation PGD accuracy (a fraction) for time_to_threshold.png (default: 0.9 x the sweep's best).")] = None,
 ) -> None:
     """Print the sweep's table (mean ± std over seeds, best and last) and write Markdown, CSV and plots."""
     from orchestrator.report import make_report
 
     sdir = _resolve_sweep_dir(target, profile, data_dir_)
     try:
-        rep = make_report(sdir, console=console, plots=not no_plots)
+        rep = make_report(sdir, console=console, plots=not no_plots, out_dir=out, threshold=threshold)
     except FileNotFoundError as e:
         err_console.print(f"[bold red]error[/]: {e}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     console.print("written: " + ", ".join(str(p) for p in rep["files"]), highlight=False)
+    if rep.get("threshold") is not None:
+        console.print(f"time to threshold: validation PGD accuracy >= {100 * rep['threshold']:.1f}% "
+                      "(--threshold to change)", highlight=False)
 
 
 # ============================================================================================ ui
+
+
+def ui_urls(base: str, experiment_id: str, run_ids: list[str], sort_metric: str | None = None, mode: str = "max") -> dict[str, str | None]:
+    """The MLflow 3.17 UI's addresses (a hash router; routes as in its ``routes.ts``): ``experiment_url``, the
+    experiment's runs table (``#/experiments/<id>/runs``); ``trials_url``, the same table filtered to the trial
+    runs (tag ``orch.trial_key``: flat, without the sweep's parent run) and sorted by ``sort_metric`` (an MLflow
+    metric name) when given; ``compare_url``, the compare view of ``run_ids``
+    (``#/compare-runs?runs=[...]&experiments=[...]``, as ``getCompareRunPageRoute`` writes it). The last two are
+    None without runs."""
+    from urllib.parse import quote
+
+    from orchestrator.tracking import TRIAL_KEY_TAG
+
+    out: dict[str, str | None] = {"experiment_url": f"{base}/#/experiments/{experiment_id}/runs", "trials_url": None, "compare_url": None}
+    if run_ids:
+        q = "searchFilter=" + quote(f"tags.`{TRIAL_KEY_TAG}` != ''", safe="")
+        if sort_metric:
+            q += "&orderByKey=" + quote(f"metrics.`{sort_metric}`", safe="") + f"&orderByAsc={'true' if mode == 'min' else 'false'}"
+        out["trials_url"] = f"{base}/#/experiments/{experiment_id}/runs?{q}"
+        out["compare_url"] = f"{base}/#/compare-runs?runs={json.dumps(run_ids, separators=(',', ':'))}&experiments={json.dumps([experiment_id])}"
+    return out
+
+
+def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mode: str = "max") -> dict[str, Any]:
+    """A sweep's MLflow UI addresses (:func:`ui_urls`), looked up in its SQLite store (read-only, without mlflow).
+
+    Also returns ``experiment_id`` (None if the store has no such experiment: then no addresses),
+    ``run_ids`` / ``run_names`` of the trial runs (tagged ``orch.trial_key``, not deleted, oldest first) and
+    ``sort_metric`` (the sweep's metric as MLflow names it, if some run has it)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    from orchestrator.tracking import TRIAL_KEY_TAG, mlflow_key
+
+    out: dict[str, Any] = {"experiment": experiment, "experiment_id": None, "run_ids": [], "run_names": [], "sort_metric": None,
+                           "experiment_url": None, "trials_url": None, "compare_url": None}
+    con = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True)
+    try:
+        row = con.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'", (experiment,)).fetchone()
+        if row is None:
+            return out
+        runs = con.execute(
+            "SELECT r.run_uuid, r.name FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? "
+            "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' ORDER BY r.start_time, r.name",
+            (TRIAL_KEY_TAG, row[0]),
+        ).fetchall()
+        key = mlflow_key(metric) if metric else None
+        if key and con.execute("SELECT 1 FROM latest_metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
+                               "WHERE m.key = ? AND r.experiment_id = ? LIMIT 1", (key, row[0])).fetchone() is None:
+            key = None  # nothing logged under that name (yet): an unsorted list
+    finally:
+        con.close()
+    out.update(experiment_id=str(row[0]), run_ids=[r[0] for r in runs], run_names=[r[1] for r in runs], sort_metric=key)
+    out.update(ui_urls(base, out["experiment_id"], out["run_ids"], key, mode))
+    return out
+
+
+def _sweep_identity(sdir: Path) -> tuple[str, str | None, str]:
+    """(MLflow experiment name, metric, mode) of a sweep folder, from its sweep.json (the folder name if absent)."""
+    try:
+        state = json.loads((sdir / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return sdir.name, None, "max"
+    resolved = state.get("resolved") or {}
+    return state.get("name") or sdir.name, resolved.get("metric"), resolved.get("mode") or "max"
 
 
 @app.command()
@@ -301,14 +372,38 @@ def ui(
     port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
 ) -> None:
-    """Open the MLflow UI on a sweep's local store (mlflow.db + mlartifacts)."""
+    """Open the MLflow UI on a sweep's local store (mlflow.db + mlartifacts); print its experiment and compare pages."""
+    import sqlite3
+
     sdir = _resolve_sweep_dir(target, profile, data_dir_)
     db = sdir / "mlflow.db"
     if not db.exists():
         err_console.print(f"[bold red]error[/]: no {db} (did this sweep log to a server? open that instead)")
         raise typer.Exit(EXIT_BAD_INPUT)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("localhost" if host == "::" else host)
+    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
+    experiment, metric, mode = _sweep_identity(sdir)
+    try:
+        links = ui_links(db, experiment, base, metric, mode)
+    except sqlite3.Error as e:
+        err_console.print(f"[bold red]error[/]: {db}: not a readable MLflow store ({e})")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", host, "--port", str(port), "--workers", "1"]
-    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    say = dict(soft_wrap=True, markup=False, highlight=False)  # whole URLs on one line each, printed as they are
+    console.print(f"MLflow UI on {base} (Ctrl-C to stop)", **say)
+    if links["experiment_id"] is None:
+        console.print(f"  no experiment '{experiment}' in {db} yet (has a trial started?)", **say)
+    else:
+        n = len(links["run_ids"])
+        console.print(f"  experiment '{experiment}' (id {links['experiment_id']}): {links['experiment_url']}", **say)
+        if n:
+            by = f", best first by {links['sort_metric']}" if links["sort_metric"] else ""
+            console.print(f"  its {n} trial runs{by}: {links['trials_url']}", **say)
+            console.print(f"  compare the {n} trial runs: {links['compare_url']}", **say)
+        else:
+            console.print("  no trial runs in it yet", **say)
+    sys.stdout.flush()  # exec replaces this process: what is still buffered (a pipe) would be lost
+    sys.stderr.flush()
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, cmd)
 

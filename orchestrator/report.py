@@ -10,7 +10,17 @@ not averaged (they have no final numbers).
 Files written to ``<sweep>/report/``: ``table.md``, ``table.csv`` (mean and std of every final column per
 group and checkpoint), ``<param>.png`` (each thesis column against each swept parameter, best and last, error
 bars = std over seeds), ``curves.png`` (per-epoch validation PGD / clean accuracy, training PGD accuracy and
-loss, mean over seeds per group, from the trials' ``metrics.jsonl``).
+loss, mean over seeds per group, from the trials' ``metrics.jsonl``), and three figures for comparing trials:
+
+- ``tradeoff.png``: clean against robust accuracy of every finished trial (the study's main robust column: its
+  ``metric`` when that is a final robust column, else AA, else PGD-10), marked by group, with the group means
+  (± std over seeds) and the Pareto front of the trials (no other trial is better on both).
+- ``robust_epochs.png``: validation PGD accuracy per epoch of every trial (one line each, colour = group), with
+  the epochs where catastrophic overfitting was detected marked.
+- ``time_to_threshold.png``: training seconds (``time/train_s``, per-epoch evaluation excluded) until a trial's
+  validation PGD accuracy first reaches a threshold, per group (mean ± std over the seeds that reached it; groups
+  that never did are shown as such). Default threshold: ``threshold_frac`` (0.9) x the best validation PGD
+  accuracy any trial reached in any epoch.
 """
 from __future__ import annotations
 
@@ -77,10 +87,37 @@ def _key(v: Any) -> str:
 def groups(rows: list[dict[str, Any]], swept: list[str]) -> list[Group]:
     """Rows grouped by their swept values (seeds pooled), in the order of first appearance."""
     out: dict[str, Group] = {}
+    sections = _section_keys(rows, swept)
     for r in rows:
-        vals = {k: _parse(r.get(f"config.{k}")) for k in swept}
+        vals = {k: _section_value(r, k, sections[k]) if k in sections else _parse(r.get(f"config.{k}")) for k in swept}
         out.setdefault(_key(vals), Group(vals, [])).rows.append(r)
     return list(out.values())
+
+
+def _section_keys(rows: list[dict[str, Any]], swept: list[str]) -> dict[str, list[str]]:
+    """Swept keys that are whole config sections (``method: [{name: pgd_at}, {name: fgsm_sdi, k: 20}]``): the rows
+    hold ``config.method.*``, not ``config.method``. For each, the sub-keys that tell the values apart: ``name``
+    and every sub-key whose set values differ between rows (defaults shared by all are left out of the label)."""
+    out: dict[str, list[str]] = {}
+    for k in swept:
+        if any(f"config.{k}" in r for r in rows):
+            continue
+        prefix = f"config.{k}."
+        subs = sorted({c[len(prefix):] for r in rows for c in r if c.startswith(prefix)}, key=lambda s: (s != "name", s))
+        out[k] = [s for s in subs if s == "name"
+                  or len({_key(r[prefix + s]) for r in rows if r.get(prefix + s) is not None}) > 1]
+    return out
+
+
+def _section_value(r: dict[str, Any], k: str, subs: list[str]) -> dict[str, Any]:
+    return {s: _parse(r[f"config.{k}.{s}"]) for s in subs if r.get(f"config.{k}.{s}") is not None}
+
+
+def _tick(v: Any) -> str:
+    from orchestrator.space import format_value
+
+    t = format_value(v)
+    return t if len(t) <= 22 else t[:21] + "…"
 
 
 def _parse(v: Any) -> Any:
@@ -255,13 +292,14 @@ def plot_params(gs: list[Group], cols: list[tuple[str, str]], out_dir: Path) -> 
             ax.set_title(label, fontsize=9)
             ax.set_xlabel(p, fontsize=8)
             if not numeric:
-                ax.set_xticks(range(len(xs_all)), [str(x)[:12] for x in xs_all], fontsize=7, rotation=30)
+                ax.set_xticks(range(len(xs_all)), [_tick(x) for x in xs_all], fontsize=7, rotation=30)
             ax.tick_params(labelsize=7)
         for ax in list(axs.flat)[n:]:
             ax.axis("off")
         h, lab = axs.flat[0].get_legend_handles_labels()
         if h:
-            fig.legend(h, lab, loc="lower right", fontsize=7)
+            # on the title's line, right: in the lower right corner it covered the last panel's axis
+            fig.legend(h, lab, loc="upper right", fontsize=7, ncol=min(len(h), 4), frameon=False)
         fig.suptitle(f"accuracy (%) vs {p} (mean ± std over seeds)", fontsize=10)
         fig.tight_layout()
         path = out_dir / f"{p.replace('/', '_')}.png"
@@ -278,15 +316,9 @@ def plot_curves(gs: list[Group], out_dir: Path) -> Path | None:
     for g in gs:
         acc: dict[str, dict[int, list[float]]] = {k: {} for k, _ in CURVE_KEYS}
         for r in g.rows:
-            p = Path(r.get("out_dir") or "") / "metrics.jsonl"
-            if not p.is_file():
-                continue
-            for line in p.read_text().splitlines():
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
+            for rec in trial_records(r):
                 for k, _ in CURVE_KEYS:
-                    if isinstance(rec.get(k), (int, float)):
+                    if _finite(rec.get(k)):
                         acc[k].setdefault(int(rec["epoch"]), []).append(float(rec[k]))
         if any(acc.values()):
             series.append((g.label, acc))
@@ -312,27 +344,311 @@ def plot_curves(gs: list[Group], out_dir: Path) -> Path | None:
     return path
 
 
-def make_report(sweep_dir: str | Path, console: Console | None = None, plots: bool = True) -> dict[str, Any]:
-    """Print the table and write table.md, table.csv and the plots into ``<sweep_dir>/report``."""
+# ---------------------------------------------------------------------------------------------- comparing trials
+
+ROBUST_KEY = "val/pgd_acc"  # the per-epoch robust accuracy of every record (PGD on the validation split)
+_MARKERS = "osD^vP*Xph<>"
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def trial_records(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epoch records of a trial's ``metrics.jsonl``, one per epoch in epoch order. An epoch written twice
+    (a resumed or retried trial repeats the epochs after its last checkpoint) keeps its last record."""
+    p = Path(row.get("out_dir") or "") / "metrics.jsonl"
+    if not row.get("out_dir") or not p.is_file():
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in p.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut short by a kill
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
+            by_epoch[rec["epoch"]] = rec
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def time_to_threshold(records: list[dict[str, Any]], threshold: float, key: str = ROBUST_KEY) -> tuple[float, int] | None:
+    """(training seconds, epoch) at the first epoch whose ``key`` is >= ``threshold``; None if none is.
+
+    Training seconds are the record's cumulative ``time/train_s`` (per-epoch evaluation excluded); records
+    without it count the sum of ``time/epoch_s`` up to that epoch."""
+    total = 0.0
+    for rec in records:
+        if _finite(rec.get("time/epoch_s")):
+            total += float(rec["time/epoch_s"])
+        if _finite(rec.get(key)) and rec[key] >= threshold:
+            t = float(rec["time/train_s"]) if _finite(rec.get("time/train_s")) else total
+            return t, int(rec["epoch"])
+    return None
+
+
+def best_epoch_value(gs: list[Group], key: str = ROBUST_KEY) -> float | None:
+    """The highest ``key`` of any epoch of any trial (the reference of the default threshold)."""
+    vals = [float(rec[key]) for g in gs for r in g.rows for rec in trial_records(r) if _finite(rec.get(key))]
+    return max(vals) if vals else None
+
+
+def threshold_times(gs: list[Group], threshold: float, key: str = ROBUST_KEY) -> list[tuple[Group, list[tuple[dict[str, Any], tuple[float, int] | None]]]]:
+    """Per group: (trial row, (seconds, epoch) or None when never reached) for every trial with epoch records."""
+    out = []
+    for g in gs:
+        trials = [(r, time_to_threshold(recs, threshold, key)) for r in g.rows if (recs := trial_records(r))]
+        out.append((g, trials))
+    return out
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (both maximised), by the first
+    coordinate. Equal points are all on the front."""
+    front = [i for i, (x, y) in enumerate(points)
+             if not any(qx >= x and qy >= y and (qx > x or qy > y) for qx, qy in points)]
+    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
+
+
+def main_columns(rows: list[dict[str, Any]], meta: dict[str, str]) -> tuple[str, str, str] | None:
+    """(clean column, robust column, robust label) for the trade-off front, on the checkpoint of the sweep's
+    metric: the metric itself when it is a final robust column that trials have, else AA, else PGD-10, else the
+    first robust column present."""
+    eps = eps_of(rows)
+    present = {k for r in rows for k, v in r.items() if _finite(v)}
+    labels = {pat.format(eps=eps): label for label, pat in THESIS_COLUMNS + EXTRA_COLUMNS}
+    metric = meta.get("orch.metric") or ""
+    ck = metric.split("/", 1)[0] if metric.startswith(("best/", "last/")) else "best"
+    clean = f"{ck}/clean"
+    if clean not in present:
+        return None
+    name = metric.split("/", 1)[1] if metric.startswith(("best/", "last/")) else ""
+    if not (name in labels and name != "clean" and metric in present):
+        cands = [f"aa@{eps}", f"pgd10@{eps}"] + [c for c in labels if c not in ("clean", f"aa@{eps}", f"pgd10@{eps}")]
+        name = next((c for c in cands if f"{ck}/{c}" in present), "")
+        if not name:
+            return None
+    return clean, f"{ck}/{name}", f"{labels[name]} ({ck} ckpt, ε = {eps}/255)"
+
+
+def _styles(gs: list[Group]) -> dict[int, tuple[Any, str]]:
+    """The same colour and marker for a group in every comparison figure."""
+    plt = _plt()
+    cmap = plt.get_cmap("tab10" if len(gs) <= 10 else "tab20")
+    return {id(g): (cmap(i % cmap.N), _MARKERS[i % len(_MARKERS)]) for i, g in enumerate(gs)}
+
+
+def _save(plt: Any, fig: Any, ax: Any, n_leg: int, path: Path) -> Path:
+    """Grid, legend beside the axes, tight layout, PNG at 110 dpi."""
+    ax.grid(alpha=0.3)
+    _legend_outside(ax, n_leg)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _legend_outside(ax: Any, n: int, **kw: Any) -> None:
+    if n:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
+                  ncol=1 if n <= 16 else 2, borderaxespad=0.0, **kw)
+
+
+def plot_tradeoff(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, str], out_dir: Path) -> Path | None:
+    """Clean vs robust accuracy of every finished trial, group means ± std, and the trials' Pareto front."""
+    cols = main_columns(rows, meta)
+    if cols is None:
+        return None
+    clean, robust, rlabel = cols
+    pts: list[tuple[float, float]] = []
+    names: list[str] = []
+    style = _styles(gs)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.6, 4.6))
+    n_leg = 0
+    co_pts: list[tuple[float, float]] = []
+    for g in gs:
+        color, marker = style[id(g)]
+        mine = [(100 * r[clean], 100 * r[robust], r) for r in g.good() if _finite(r.get(clean)) and _finite(r.get(robust))]
+        if not mine:
+            continue
+        ax.scatter([p[0] for p in mine], [p[1] for p in mine], color=color, marker=marker, s=28, alpha=0.55, lw=0)
+        pts += [(x, y) for x, y, _ in mine]
+        names += [str(r.get("trial_name", "")) for _, _, r in mine]
+        co_pts += [(x, y) for x, y, r in mine if r.get("outcome") == "catastrophic_overfitting"]
+        sx, sy = g.stats(clean), g.stats(robust)
+        ax.errorbar(100 * sx[0], 100 * sy[0], xerr=100 * sx[1], yerr=100 * sy[1], color=color, marker=marker, ms=9,
+                    mec="black", mew=0.8, capsize=3, lw=1, label=f"{g.label} (n={sx[2]})")
+        n_leg += 1
+    if not pts:
+        plt.close(fig)
+        return None
+    front = pareto_front(pts)
+    fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+    ax.margins(0.08)
+    x0, y0 = ax.get_xlim()[0], ax.get_ylim()[0]
+    # the border of what the front dominates: left of its first point, down its steps, below its last point
+    sx, sy = [x0], [fy[0]]
+    for i, (x, y) in enumerate(zip(fx, fy)):
+        sx += [x, x] if i else [x]
+        sy += [fy[i - 1], y] if i else [y]
+    sx.append(fx[-1])
+    sy.append(y0)
+    ax.plot(sx, sy, color="black", lw=1.0, ls="--", zorder=1)
+    ax.plot(fx, fy, ls="none", marker="o", mfc="none", mec="black", ms=12, mew=1.2, zorder=4,
+            label=f"Pareto front ({len(front)} trial{'s' if len(front) > 1 else ''})")
+    ax.set_xlim(left=x0)
+    ax.set_ylim(bottom=y0)
+    if len(front) <= 6:  # name the trials on the front (more would overlap)
+        for i in front:
+            ax.annotate(names[i], pts[i], xytext=(-8, -11), textcoords="offset points", ha="right", fontsize=7)
+    n_leg += 1
+    if co_pts:
+        ax.scatter([p[0] for p in co_pts], [p[1] for p in co_pts], marker="x", color="red", s=60, lw=1.5,
+                   label="catastrophic overfitting", zorder=4)
+        n_leg += 1
+    ax.set_xlabel(f"clean accuracy (%) ({clean.split('/')[0]} ckpt)")
+    ax.set_ylabel(f"{rlabel.split(' (')[0]} accuracy (%)")
+    ax.set_title(f"trade-off: clean vs {rlabel}\nsmall: one trial; large: group mean ± std over seeds; "
+                 "dashed: border of what the front dominates", fontsize=9)
+    return _save(plt, fig, ax, n_leg, out_dir / "tradeoff.png")
+
+
+def _pgd_label(rows: list[dict[str, Any]]) -> str:
+    steps = {r.get("config.eval.epoch_pgd_steps") for r in rows} - {None}
+    return f"PGD-{steps.pop()}" if len(steps) == 1 else "PGD"
+
+
+def plot_robust_epochs(gs: list[Group], rows: list[dict[str, Any]], out_dir: Path, key: str = ROBUST_KEY) -> Path | None:
+    """Validation PGD accuracy per epoch, one line per trial (colour = group), catastrophic overfitting marked."""
+    plt = _plt()
+    style = _styles(gs)
+    fig, ax = plt.subplots(figsize=(8.4, 4.6))
+    n_lines = n_leg = 0
+    co_x: list[float] = []
+    co_y: list[float] = []
+    max_epoch = 0
+    for g in gs:
+        color, marker = style[id(g)]
+        labelled = False
+        for j, r in enumerate(g.rows):
+            recs = [rec for rec in trial_records(r) if _finite(rec.get(key))]
+            if not recs:
+                continue
+            ep = [rec["epoch"] for rec in recs]
+            val = [100 * rec[key] for rec in recs]
+            max_epoch = max(max_epoch, ep[-1])
+            ax.plot(ep, val, color=color, lw=1.1, alpha=0.8, ls=("-", "--", ":", "-.")[j % 4], marker=marker, ms=2.5,
+                    label=None if labelled else g.label)
+            labelled = True
+            n_lines += 1
+            co = {rec["epoch"] for rec in recs if rec.get("co/detected")}
+            if isinstance(r.get("co_epoch"), int):
+                co.add(r["co_epoch"])
+            for e in sorted(co):
+                if e in ep:
+                    co_x.append(e)
+                    co_y.append(val[ep.index(e)])
+        n_leg += labelled
+    if not n_lines:
+        plt.close(fig)
+        return None
+    if co_x:
+        ax.scatter(co_x, co_y, marker="X", color="red", s=70, edgecolor="black", lw=0.5, zorder=5,
+                   label="catastrophic overfitting detected")
+        n_leg += 1
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {_pgd_label(rows)} accuracy (%)")
+    if max_epoch <= 20:
+        ax.set_xticks(range(1, max_epoch + 1))
+    ax.set_title(f"robust accuracy per epoch of every trial ({n_lines})\ncolour: group; line style: 1st, 2nd, 3rd, "
+                 "4th trial of a group (solid, dashed, dotted, dash-dot)", fontsize=9)
+    return _save(plt, fig, ax, n_leg, out_dir / "robust_epochs.png")
+
+
+def plot_time_to_threshold(gs: list[Group], rows: list[dict[str, Any]], out_dir: Path, threshold: float | None = None,
+                           frac: float = 0.9, key: str = ROBUST_KEY) -> tuple[Path | None, float | None]:
+    """Training time until the validation PGD accuracy first reaches ``threshold`` (default ``frac`` x the best
+    of the sweep), per group; (figure, threshold used)."""
+    best = best_epoch_value(gs, key)
+    if best is None:
+        return None, threshold
+    how = "given"
+    if threshold is None:
+        threshold = frac * best
+        how = f"{frac:g} × best {100 * best:.1f}%"
+    data = [(g, trials) for g, trials in threshold_times(gs, threshold, key) if trials]
+    if not data:
+        return None, threshold
+    reached_all = [t[0] for _, trials in data for _, t in trials if t is not None]
+    minutes = bool(reached_all) and max(reached_all) > 120
+    unit, scale = ("min", 1 / 60) if minutes else ("s", 1.0)
+    plt = _plt()
+    style = _styles(gs)
+    fig, ax = plt.subplots(figsize=(8.0, 0.9 + 0.42 * len(data) + 1.2))
+    xmax = max(reached_all) * scale if reached_all else 1.0
+    for i, (g, trials) in enumerate(data):
+        color, marker = style[id(g)]
+        ts = [t for _, t in trials if t is not None]
+        n, m = len(ts), len(trials)
+        if ts:
+            secs = [t[0] * scale for t in ts]
+            mean = sum(secs) / n
+            sd = math.sqrt(sum((x - mean) ** 2 for x in secs) / (n - 1)) if n > 1 else 0.0
+            ax.barh(i, mean, xerr=sd if n > 1 else None, color=color, alpha=0.45, height=0.6, capsize=3)
+            ax.scatter(secs, [i] * n, color=color, marker=marker, s=22, edgecolor="black", lw=0.4, zorder=3)
+            eps = sorted(t[1] for t in ts)
+            ep = f"epoch {eps[0]}" if eps[0] == eps[-1] else f"epochs {eps[0]}–{eps[-1]}"
+            note = f"{mean:.1f} {unit}, {ep}" + (f"; {m - n} of {m} never" if n < m else "")
+            ax.text(mean + (sd if n > 1 else 0) + 0.01 * xmax, i, "  " + note, va="center", fontsize=7)
+        else:
+            ax.text(0.01 * xmax, i, f"never reached ({m} trial{'s' if m > 1 else ''})", va="center", fontsize=7,
+                    color="dimgray", style="italic")
+    ax.set_yticks(range(len(data)), [g.label for g, _ in data], fontsize=8)
+    ax.set_ylim(len(data) - 0.5, -0.5)  # first group on top; rows without a bar keep their room
+    ax.set_xlim(0, xmax * 1.45)
+    ax.set_xlabel(f"training time until validation {_pgd_label(rows)} accuracy ≥ {100 * threshold:.1f}% ({unit}; "
+                  "per-epoch evaluation excluded)", fontsize=8)
+    ax.set_title(f"time to a robust-accuracy threshold of {100 * threshold:.1f}% ({how})\n"
+                 "bar: mean ± std over the seeds that reached it; dots: trials", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path = out_dir / "time_to_threshold.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path, threshold
+
+
+def make_report(sweep_dir: str | Path, console: Console | None = None, plots: bool = True, out_dir: str | Path | None = None,
+                threshold: float | None = None, threshold_frac: float = 0.9) -> dict[str, Any]:
+    """Print the table and write table.md, table.csv and the plots into ``out_dir`` (default ``<sweep_dir>/report``).
+
+    ``threshold`` (a fraction, e.g. 0.55) is the validation PGD accuracy of ``time_to_threshold.png``; without it,
+    ``threshold_frac`` x the best validation PGD accuracy of the sweep. The returned dict holds the threshold used."""
     sweep_dir = Path(sweep_dir)
     rows, meta = load(sweep_dir / "results.parquet")
     if not rows:
         raise FileNotFoundError(f"no results in {sweep_dir / 'results.parquet'} (has a trial finished?)")
-    out = sweep_dir / "report"
-    out.mkdir(exist_ok=True)
+    out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
+    out.mkdir(parents=out_dir is not None, exist_ok=True)
     table, md, header, body = render(rows, meta)
     (out / "table.md").write_text(md)
     swept = json.loads(meta.get("orch.swept", "[]"))
     gs = groups(rows, swept)
     write_csv(out / "table.csv", gs, rows)
     written = [out / "table.md", out / "table.csv"]
+    used = threshold
     if plots:
         cols = columns_present(rows, eps_of(rows))
         written += plot_params(gs, cols, out)
-        c = plot_curves(gs, out)
-        if c:
-            written.append(c)
+        for p in (plot_curves(gs, out), plot_tradeoff(gs, rows, meta, out), plot_robust_epochs(gs, rows, out)):
+            if p:
+                written.append(p)
+        p, used = plot_time_to_threshold(gs, rows, out, threshold=threshold, frac=threshold_frac)
+        if p:
+            written.append(p)
     if console is not None:
         console.print(table)
-    return {"table": table, "markdown": md, "header": header, "body": body, "files": written, "rows": rows, "meta": meta}
-
+    return {"table": table, "markdown": md, "header": header, "body": body, "files": written, "rows": rows, "meta": meta,
+            "threshold": used}

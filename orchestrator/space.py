@@ -112,6 +112,11 @@ def format_value(v: Any) -> str:
         return f"{v:.4g}"
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(format_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # a section-valued axis: {name: pgd_at, steps: 10} -> pgd_at(steps=10)
+        rest = ",".join(f"{k}={format_value(x)}" for k, x in v.items() if k != "name")
+        if "name" in v:
+            return f"{format_value(v['name'])}({rest})" if rest else format_value(v["name"])
+        return rest
     return str(v)
 
 
