@@ -164,6 +164,7 @@ def table_rows(gs: list[Group], cols: list[tuple[str, str]]) -> list[list[str]]:
     """[config, checkpoint, *columns, train min, n seeds, outcomes] per group and checkpoint."""
     out = []
     for g in gs:
+        n = len(out)
         for ck in ("best", "last"):
             if not any(g.stats(f"{ck}/{c}") for _, c in cols):
                 continue
@@ -171,8 +172,9 @@ def table_rows(gs: list[Group], cols: list[tuple[str, str]]) -> list[list[str]]:
             row += [_pct(g.stats(f"{ck}/{c}")) for _, c in cols]
             row += [_minutes(g.stats("time/train_s")), str(len(g.good())), g.outcomes()] if ck == "best" else ["", "", ""]
             out.append(row)
-        if not g.good():
-            out.append([g.label, "–", *["–"] * len(cols), "–", "0", g.outcomes()])
+        if len(out) == n:  # no numbers: every trial failed, or diverged before its first checkpoint
+            out.append([g.label, "–", *["–"] * len(cols), _minutes(g.stats("time/train_s")) if g.good() else "–",
+                        str(len(g.good())), g.outcomes()])
     return out
 
 

@@ -48,7 +48,8 @@ def chromium() -> str:
 def render(chromium: str, url: str, shot: Path, size: str, budget_ms: int, profile: Path) -> str:
     """The page's DOM after ``budget_ms`` of virtual time, and its screenshot in ``shot``."""
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--disable-background-networking", "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
+           "--disable-background-networking", "--disable-quic", "--disable-component-update", "--disable-sync",
+           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
            f"--virtual-time-budget={budget_ms}", f"--window-size={size}", f"--screenshot={shot}", "--dump-dom", url]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, f"chromium failed ({p.returncode}): {p.stderr[-2000:]}"

@@ -338,3 +338,22 @@ def test_two_sweeps_at_once_share_one_tracking_store_and_one_optuna_storage(writ
         assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3, name
         rows, _ = read_rows(tmp_path / "d" / "sweeps" / name / "results.parquet")
         assert sorted(r["mlflow_run_id"] for r in rows) == sorted(r.info.run_id for r in children.values())
+
+
+# ------------------------------------------------------------------------------------------------ divergence
+
+
+def test_a_diverging_trial_is_an_outcome_and_the_sweep_goes_on(ray_session, write_sweep, cli, tmp_path) -> None:
+    f = write_sweep("diverge", base={"epochs": 2}, axes={"optim.lr": [0.1, 1.0e9]}, seeds=[0])
+    data = tmp_path / "d"
+    res = cli("sweep", f, "--data-dir", data)
+    assert res.exit_code == 0, res.output
+    rows = {r["trial_name"]: r for r in read_rows(data / "sweeps" / "diverge" / "results.parquet")[0]}
+    bad, good = rows["lr=1e+09,seed=0"], rows["lr=0.1,seed=0"]
+    assert bad["outcome"] == "diverged" and bad["diverged_epoch"] == 1, bad
+    assert good["outcome"] == "finished" and good["epochs_run"] == 2
+    table = [ln for ln in res.output.splitlines() if "lr=1e+09" in ln and "│" in ln]
+    assert table and "1 div" in table[0], res.output  # the report's Outcomes column
+    children, _ = _runs(f"sqlite:///{data}/sweeps/diverge/mlflow.db", "diverge")
+    assert children["lr=1e+09,seed=0"].data.tags["orch.outcome"] == "diverged"
+    assert children["lr=1e+09,seed=0"].data.tags["orch.diverged_epoch"] == "1"
