@@ -357,3 +357,45 @@ def test_a_diverging_trial_is_an_outcome_and_the_sweep_goes_on(ray_session, writ
     children, _ = _runs(f"sqlite:///{data}/sweeps/diverge/mlflow.db", "diverge")
     assert children["lr=1e+09,seed=0"].data.tags["orch.outcome"] == "diverged"
     assert children["lr=1e+09,seed=0"].data.tags["orch.diverged_epoch"] == "1"
+
+
+# ------------------------------------------------------------------------------------------------ Optuna + driver kill
+
+
+def test_optuna_search_survives_a_driver_kill(write_sweep, tmp_path) -> None:
+    """An Optuna search whose driver is SIGKILLed while its second trial trains: --resume continues that trial,
+    samples only what is left, and the study, the results and MLflow each hold exactly num_samples trials."""
+    f = write_sweep("tpekill", base={"epochs": 25}, axes={"optim.lr": {"loguniform": [0.02, 0.2]}}, seeds=[0],
+                    search={"algorithm": "optuna", "num_samples": 3, "seed": 1}, max_concurrent_trials=1)
+    data = tmp_path / "d"
+    sdir = data / "sweeps" / "tpekill"
+    env = {**os.environ, "COLUMNS": "200"}
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "sweep", str(f), "--data-dir", str(data)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            _wait(lambda: (sdir / "results.parquet").exists() and _epochs_done(data, "t1*") >= 3, 300,
+                  (tmp_path / "driver.log").read_text() if (tmp_path / "driver.log").exists() else "")
+            time.sleep(1.5)  # past TUNE_GLOBAL_CHECKPOINT_S: Tune's state knows t1
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    rows_at_kill, _ = read_rows(sdir / "results.parquet")
+    assert [r["trial_name"].split(":")[0] for r in rows_at_kill] == ["t0"]
+
+    rc, out = _orch("sweep", f, "--data-dir", data, "--resume", env={})
+    assert rc == 0, out
+    rows = {r["trial_name"]: r for r in read_rows(sdir / "results.parquet")[0]}
+    assert sorted(n.split(":")[0] for n in rows) == ["t0", "t1", "t2"], list(rows)
+    assert all(r["status"] == "finished" and r["epochs_run"] == 25 for r in rows.values())
+    t1 = next(r for n, r in rows.items() if n.startswith("t1"))
+    assert t1["attempts"] == 2  # continued, in a second attempt
+    import optuna
+
+    study = optuna.load_study(study_name="tpekill", storage=f"sqlite:///{sdir}/optuna.db")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 3, [(t.number, t.state.name) for t in study.trials]
+    uri = f"sqlite:///{sdir}/mlflow.db"
+    children, _ = _runs(uri, "tpekill")
+    _assert_every_epoch_once(uri, children, rows)
