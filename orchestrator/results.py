@@ -23,7 +23,8 @@ time/train_s                double     training seconds (sum of epochs, per-epoc
 time/eval_s                 double     seconds of the final robustness evaluation
 time/trial_s                double     wall seconds of the trial on its worker, all attempts (efficiency)
 n_test                      int64      test images evaluated
-epoch/<key>                 double     the last epoch's record (``epoch/val/pgd_acc``, ``epoch/train/loss``...)
+epoch/<key>                 double     the last epoch's record (``epoch/val/pgd_acc``, ``epoch/train/loss``...), also
+                                       for finished trials (from their ``metrics.jsonl``)
 error                       string     last line of the error of a failed trial
 attempts                    int64      attempts of the trial (1 + retries)
 config_hash                 string     ``RunConfig.hash()`` (identical configs, identical hash)
@@ -67,8 +68,10 @@ def trial_row(
     tune_trial_id: str | None = None,
     mlflow_run_id: str | None = None,
     out_dir: str | None = None,
+    epoch_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One results row from a trial's last reported record (its final record when it finished)."""
+    """One results row from a trial's last reported record (its final record when it finished); ``epoch_record``
+    (the last line of its ``metrics.jsonl``) gives a finished trial its ``epoch/*`` columns too."""
     from training.config import flatten
 
     r = dict(last_result or {})
@@ -93,8 +96,9 @@ def trial_row(
     for k in TIME_KEYS:
         if _num(r.get(k)):
             row[k] = float(r[k])
-    if not final:  # the record is an epoch record: keep it as the last epoch
-        for k, v in r.items():
+    last_epoch = r if not final else (epoch_record or {})  # the last epoch's record
+    if last_epoch:
+        for k, v in last_epoch.items():
             if "/" in k and not k.startswith(("orch/", "time/trial_s")) and _num(v):
                 row[f"epoch/{k}"] = float(v)
     row["error"] = (error or "").strip().splitlines()[-1][:1000] if error else None

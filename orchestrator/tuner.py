@@ -107,7 +107,11 @@ class SafeOptunaSearch(OptunaSearch):
       groups, so a restored search loses them (``Repeater.save`` only saves the inner searcher).
     - Restores: results for an Optuna trial that is already finished (a stale snapshot replays them) are ignored
       instead of crashing ``fit()`` with ``UpdateFinishedTrialError`` (stack.md Q4).
-    - Metrics that only the final record has (``best/pgd10@8``) are skipped in ``on_trial_result``.
+    - Metrics that only the final record has (``best/pgd10@8``) are skipped in ``on_trial_result``. An epoch
+      metric (``val/pgd_acc``, the one ASHA needs) is not in the final record: a trial that finished is scored with
+      its last epoch's value (it was told FAIL, for want of a value, before).
+    - A config a scheduler stopped early (ASHA) is told PRUNED, not COMPLETE: TPE then ranks it by its last
+      intermediate value and step, instead of taking a 3-epoch accuracy for a finished one.
     The group state lives in ``__dict__``, which ``OptunaSearch.save``/``restore`` pickle whole.
     """
 
@@ -118,6 +122,7 @@ class SafeOptunaSearch(OptunaSearch):
         self._orch_groups: dict[str, dict[str, Any]] = {}  # primary tune trial id -> group
         self._orch_member: dict[str, str] = {}  # tune trial id -> primary id
         self._orch_open: str | None = None
+        self._orch_last: dict[str, float] = {}  # tune trial id -> last epoch value of the metric
 
     def suggest(self, trial_id: str) -> dict | None:
         g = self._orch_groups.get(self._orch_open) if self._orch_open else None
@@ -142,6 +147,8 @@ class SafeOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         import optuna
 
+        if self.metric in result and not result.get("final") and isinstance(result[self.metric], (int, float)):
+            self.__dict__.setdefault("_orch_last", {})[trial_id] = float(result[self.metric])
         primary = self._orch_member.get(trial_id)
         if primary != trial_id or self.metric not in result or "epoch" not in result:
             return  # intermediate values: the first seed's, at epoch steps
@@ -159,14 +166,20 @@ class SafeOptunaSearch(OptunaSearch):
             return
         g = self._orch_groups[primary]
         v = None if (error or not result) else result.get(self.metric)
+        if v is None and not error:
+            v = self.__dict__.get("_orch_last", {}).get(trial_id)  # an epoch metric: the last epoch's value
         g["scores"][trial_id] = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+        if not error and result and not result.get("final"):
+            g["stopped"] = True  # ended by the scheduler before its final record
         if len(g["scores"]) < len(self._orch_seeds) or g["told"]:
             return
         good = [s for s in g["scores"].values() if s is not None]
         from optuna.trial import TrialState
 
         try:
-            if good:
+            if good and g.get("stopped"):
+                self._ot_study.tell(self._ot_trials[primary], state=TrialState.PRUNED)
+            elif good:
                 self._ot_study.tell(self._ot_trials[primary], sum(good) / len(good))
             else:
                 self._ot_study.tell(self._ot_trials[primary], state=TrialState.FAIL)
@@ -338,12 +351,14 @@ class SweepCallback(tune.Callback):
         cfg = self.resolved_config(t)
         out_dir = trial_dir(self.ctx.trials_dir, t["name"], t["key"])
         run_id = self.tracker.runs.get(t["key"]) if self.tracker is not None else None
+        src = Path(checkpoint.path) if checkpoint is not None else out_dir
+        epochs = _epoch_rows(src)
         self.results.upsert(trial_row(
             key=t["key"], name=t["name"], index=self.index.get(t["key"]), seed=t["seed"], status=status, last_result=last,
             config=cfg, error=error, tune_trial_id=trial_id, mlflow_run_id=run_id, out_dir=str(out_dir),
+            epoch_record=epochs[-1] if epochs else None,
         ), write=write)
         if self.tracker is not None:
-            src = Path(checkpoint.path) if checkpoint is not None else out_dir
             self.deferred[t["key"]] = (t, src, last, status, error)
             self.log_deferred()
 
@@ -693,6 +708,11 @@ def _damaged_tune_state(exp_dir: Path) -> str | None:
     return None
 
 
+def startup_trials(num_samples: int | None) -> int:
+    """Random configs before TPE models the results: a third of the budget, at least 2, at most Optuna's 10."""
+    return max(2, min(10, (num_samples or 0) // 3))
+
+
 def _new_tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, handler_key: str, concurrency: int,
                skip: set[str] = frozenset()) -> tune.Tuner:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -706,7 +726,10 @@ def _new_tuner(spec: SweepSpec, sweep_dir: Path, trainable: Any, handler_key: st
         storage = optuna_storage(_optuna_url(sweep_dir, spec))
         search_alg = SafeOptunaSearch(
             sweep_name=spec.name, seeds=spec.seeds, space=optuna_space(spec.axes), metric=spec.metric, mode=spec.mode,
-            sampler=optuna.samplers.TPESampler(seed=spec.search.seed), storage=storage, study_name=spec.name,
+            # TPE samples at random until n_startup_trials configs are COMPLETE (default 10): a 12-config search
+            # would be a random search. A third of the budget, between 2 and 10, leaves TPE most of it.
+            sampler=optuna.samplers.TPESampler(seed=spec.search.seed, n_startup_trials=startup_trials(spec.search.num_samples)),
+            storage=storage, study_name=spec.name,
         )
         num_samples = spec.num_trials
     else:

@@ -50,14 +50,36 @@ def test_safe_optuna_search_runs_each_config_with_every_seed_and_tells_the_mean(
     assert a["key"] != b["key"] and a["name"].startswith("t0:") and c["name"].startswith("t1:")
     search.on_trial_result("a", {"epoch": 1, "best/pgd10@8": 0.1})
     search.on_trial_result("b", {"epoch": 1})  # an epoch record without the final metric: ignored
-    search.on_trial_complete("a", {"best/pgd10@8": 0.5})
+    search.on_trial_complete("a", {"final": True, "best/pgd10@8": 0.5})
     assert search._ot_study.trials[0].state == TrialState.RUNNING  # waits for the other seed
-    search.on_trial_complete("b", {"best/pgd10@8": 0.7})
+    search.on_trial_complete("b", {"final": True, "best/pgd10@8": 0.7})
     t0 = search._ot_study.trials[0]
     assert t0.state == TrialState.COMPLETE and math.isclose(t0.value, 0.6)
     search.on_trial_result("a", {"epoch": 2, "best/pgd10@8": 0.9})  # a replay after restore: no crash
     search.on_trial_complete("c", None, error=True)
-    search.on_trial_complete("d_unknown", {"best/pgd10@8": 1.0})  # unknown trial: ignored
+    search.on_trial_complete("d_unknown", {"final": True, "best/pgd10@8": 1.0})  # unknown trial: ignored
     search.suggest("d")
     search.on_trial_complete("d", None, error=True)
     assert search._ot_study.trials[1].state == TrialState.FAIL  # both seeds errored
+
+
+def test_epoch_metric_finished_trials_are_scored_and_early_stopped_ones_pruned() -> None:
+    """With an epoch metric (what ASHA needs), a finished trial's final record lacks the metric: it is scored with
+    its last epoch's value (it used to be told FAIL). A trial ASHA stopped is PRUNED, not COMPLETE."""
+    from orchestrator.space import Axis, optuna_space
+    from orchestrator.tuner import SafeOptunaSearch
+
+    search = SafeOptunaSearch(
+        sweep_name="v", seeds=[0], space=optuna_space([Axis("method.k", "randint", low=1, high=40)]),
+        metric="val/pgd_acc", mode="max", sampler=optuna.samplers.TPESampler(seed=0), study_name="v",
+    )
+    search.suggest("done")
+    search.suggest("cut")
+    for e, v in ((1, 0.3), (2, 0.45), (3, 0.5)):
+        search.on_trial_result("done", {"epoch": e, "val/pgd_acc": v})
+    search.on_trial_result("cut", {"epoch": 1, "val/pgd_acc": 0.2})
+    search.on_trial_complete("done", {"final": True, "best/pgd10@8": 0.4, "epochs_run": 3})
+    search.on_trial_complete("cut", {"epoch": 1, "val/pgd_acc": 0.2})
+    done, cut = search._ot_study.trials
+    assert done.state == TrialState.COMPLETE and done.value == pytest.approx(0.5)
+    assert cut.state == TrialState.PRUNED and cut.intermediate_values == {1: 0.2}

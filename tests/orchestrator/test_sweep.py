@@ -144,6 +144,8 @@ def test_asha_cuts_a_weak_trial_and_lets_the_survivor_finish_its_evaluation(ray_
     assert strong["status"] == "finished" and strong["epochs_run"] == 3 and "best/pgd10@8" in strong
     assert weak["status"] == "stopped" and weak["outcome"] == "stopped" and weak["epochs_run"] == 1
     assert "best/pgd10@8" not in weak and "epoch/val/pgd_acc" in weak  # no final numbers; its last epoch's instead
+    last = json.loads(Path(strong["out_dir"], "metrics.jsonl").read_text().splitlines()[-1])
+    assert strong["epoch/val/pgd_acc"] == pytest.approx(last["val/pgd_acc"])  # a finished trial has its last epoch too
     runs = {r.info.run_name: r for r in _runs(tmp_path / "sweeps" / "asha", "asha") if "orch.trial_key" in r.data.tags}
     assert runs["lr=0.001,seed=0"].info.status == "KILLED" and runs["lr=0.1,seed=0"].info.status == "FINISHED"
     assert "Outcomes" in res.output and "1 stop" in res.output
