@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from orchestrator.report import (
-    best_epoch_value, groups, main_columns, make_report, pareto_front, threshold_times, time_to_threshold, trial_records,
+    MAX_LINES, Group, best_epoch_value, compact_labels, front_numbers, groups, log_x, main_columns, make_report,
+    param_figure, param_series, pareto_front, threshold_times, tick_labels, time_to_threshold, trial_records,
+    value_labels, varying_keys,
 )
 from orchestrator.results import ResultsFile, trial_row
 
@@ -76,6 +78,143 @@ def test_main_columns_follow_the_sweeps_metric() -> None:
     assert main_columns([{"best/pgd10@8": 0.4}], {}) is None  # no clean accuracy: no trade-off
 
 
+# -------------------------------------------------------------------------------- labels and series of figures
+
+# the section-valued axis of the gradient_quality study: every value has name=small_cnn
+MODELS = [{"name": "small_cnn", "activation": "relu", "smooth_grad_for": "both"},
+          {"name": "small_cnn", "activation": "relu_softplus_grad", "smooth_grad_for": "attacker"},
+          {"name": "small_cnn", "activation": "relu_softplus_grad", "smooth_grad_for": "none"}]
+
+
+def _groups(values: list[dict[str, Any]]) -> list[Group]:
+    return [Group(v, [{"status": "finished"}]) for v in values]
+
+
+def test_section_values_are_labelled_by_the_sub_keys_that_differ() -> None:
+    assert value_labels(MODELS) == ["relu,both", "relu_softplus_grad,attacker", "relu_softplus_grad,none"]
+    # ticks: one sub=value per line, nothing cut (the old ticks were all "small_cnn(activation=…")
+    assert tick_labels(MODELS) == ["activation=relu\nsmooth_grad_for=both",
+                                   "activation=relu_softplus_grad\nsmooth_grad_for=attacker",
+                                   "activation=relu_softplus_grad\nsmooth_grad_for=none"]
+    # name differs: bare; a number: sub=value; a sub-key set in one value only differs from its absence
+    methods = [{"name": "pgd_at"}, {"name": "fgsm_sdi", "k": 20, "label_smoothing": 0.9}, {"name": "fgsm_sdi", "k": 40,
+                                                                                            "label_smoothing": 0.9}]
+    assert value_labels(methods) == ["pgd_at", "fgsm_sdi,k=20,label_smoothing=0.9", "fgsm_sdi,k=40,label_smoothing=0.9"]
+    assert tick_labels(methods) == ["pgd_at", "fgsm_sdi\nk=20\nlabel_smoothing=0.9", "fgsm_sdi\nk=40\nlabel_smoothing=0.9"]
+    # plain values as before: format_value, long ticks shortened
+    assert value_labels([1, 0.123456, "relu"]) == ["1", "0.1235", "relu"]
+    assert tick_labels(["a" * 30]) == ["a" * 21 + "…"]
+
+
+def test_a_single_valued_swept_key_is_no_dimension() -> None:
+    """scaling: model.name is swept over [small_cnn] next to image_size x width."""
+    gs = _groups([{"model.name": "small_cnn", "data.image_size": s, "model.width": w} for s in (8, 16) for w in (8, 16, 32)])
+    assert varying_keys(gs) == ["data.image_size", "model.width"]
+    assert compact_labels(gs)[:2] == ["image_size=8,width=8", "image_size=8,width=16"]
+    others, scatter = param_series(gs, "model.width")
+    assert not scatter and len(others) == 2 and all(len(g) == 3 for g in others.values())  # one line per image size
+    assert varying_keys(_groups([{"k": 1}, {"k": 1}])) == [] and varying_keys([]) == []
+
+
+def test_the_scaling_sweep_draws_no_figure_of_its_constant_key(tmp_path: Path) -> None:
+    sdir = _write_sweep(tmp_path / "fake", CURVES, swept=["method.name", "method.k"])
+    names = {p.name for p in make_report(sdir, out_dir=tmp_path / "out")["files"]}
+    assert "method.k.png" in names and "method.name.png" not in names
+    assert not (tmp_path / "out" / "method.name.png").exists()
+
+
+def test_compact_labels_of_a_section_axis_and_of_several_axes() -> None:
+    assert compact_labels(_groups([{"model": m} for m in MODELS])) == [
+        "relu,both", "relu_softplus_grad,attacker", "relu_softplus_grad,none"]
+    gs = _groups([{"model": m, "optim.lr": lr} for m in MODELS[:2] for lr in (0.1, 0.2)])
+    assert compact_labels(gs)[:2] == ["model=(relu,both),lr=0.1", "model=(relu,both),lr=0.2"]
+    assert compact_labels(_groups([{"method.k": 3}])) == ["k=3"]  # nothing varies: the full label
+
+
+def test_many_combinations_or_single_points_make_one_scatter() -> None:
+    # a search: every trial its own config over 5 parameters -> every "line" would be one point
+    rng = np.random.default_rng(0)
+    search = _groups([{"optim.lr": float(rng.uniform(0.01, 0.3)), "method.k": int(rng.integers(1, 40)),
+                       "method.alpha_255": float(rng.uniform(8, 24))} for _ in range(12)])
+    others, scatter = param_series(search, "optim.lr")
+    assert scatter and len(others) == 12
+    # a grid with more combinations of the others than MAX_LINES, each with two values of the parameter
+    wide = _groups([{"a": a, "b": b} for a in (1, 2) for b in range(MAX_LINES + 1)])
+    assert param_series(wide, "a")[1] and not param_series(wide, "b")[1]
+    assert len(param_series(wide, "a")[0]) == MAX_LINES + 1
+    # exactly MAX_LINES lines are still lines; one swept parameter is one line
+    assert not param_series(_groups([{"a": a, "b": b} for a in (1, 2) for b in range(MAX_LINES)]), "a")[1]
+    one = _groups([{"k": k} for k in (1, 2, 10)])
+    assert param_series(one, "k") == ({"{}": one}, False)
+
+
+def test_log_x_for_positive_values_spanning_more_than_20x() -> None:
+    assert log_x([0.01, 0.1, 0.3]) and log_x([1, 2, 10, 40])
+    assert not log_x([1, 2, 10, 20]) and not log_x([8, 16, 32])  # at most 20x
+    assert not log_x([0.0, 1.0, 100.0]) and not log_x([-1.0, 50.0])  # not all positive
+    assert not log_x(["relu", "gelu"]) and not log_x([True, 100]) and not log_x([0.5])
+
+
+def test_coinciding_front_points_share_one_number() -> None:
+    assert front_numbers([(88.5, 55.5), (88.5, 55.5), (90.0, 50.0)]) == {(88.5, 55.5): [1, 2], (90.0, 50.0): [3]}
+    assert front_numbers([]) == {}
+
+
+def _rows(value: dict[str, Any], seeds: int = 2) -> list[dict[str, Any]]:
+    base = 0.5 + 0.05 * value["act_alpha"]
+    return [{"status": "finished", "best/clean": base + 0.01 * s, "last/clean": base, "time/train_s": 60.0 * value["act_alpha"]}
+            for s in range(seeds)]
+
+
+def test_each_combination_has_one_colour_in_every_panel_the_training_time_included() -> None:
+    """celu_alpha: activation x act_alpha; against activation, one line per alpha. The old figure let matplotlib's
+    colour cycle run on: best and last of one alpha had two colours and the time panel's lines (one per alpha)
+    took the colours of other lines."""
+    gs = [Group({"model.activation": a, "model.act_alpha": al}, _rows({"act_alpha": al}))
+          for a in ("elu", "celu") for al in (1.0, 1.5, 2.0)]
+    from matplotlib.colors import to_hex
+
+    fig = param_figure(gs, [("Clean", "clean")], "model.activation")
+    try:
+        leg = fig.legends[0]
+        legend = {t.get_text(): to_hex(h.get_color()) for t, h in zip(leg.get_texts(), leg.legend_handles)}
+        alphas = sorted(v for k, v in legend.items() if k.startswith("act_alpha="))
+        assert len(alphas) == 3 and len(set(alphas)) == 3, legend
+        clean, time = fig.axes[0], fig.axes[1]
+        assert clean.get_title() == "Clean" and time.get_title() == "Train time (min)"
+        # best and last of each alpha: the alpha's colour; the time panel: the same three colours
+        assert sorted(_line_colours(clean)) == sorted(alphas * 2)
+        assert sorted(_line_colours(time)) == alphas
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def _line_colours(ax: Any) -> list[str]:
+    """The colour of every errorbar series' line (not its caps and bars)."""
+    from matplotlib.colors import to_hex
+
+    return [to_hex(c.lines[0].get_color()) for c in ax.containers]
+
+
+def test_more_than_ten_lines_get_colours_of_their_own() -> None:
+    import matplotlib.pyplot as plt
+
+    gs = [Group({"a": a, "b": b}, _rows({"act_alpha": 1.0 + b / 10})) for a in (1, 2) for b in range(12)]
+    import orchestrator.report as report
+
+    old = report.MAX_LINES
+    report.MAX_LINES = 20  # 12 lines, not a scatter
+    try:
+        fig = param_figure(gs, [("Clean", "clean")], "a")
+        cols = set(_line_colours(fig.axes[0]))
+        plt.close(fig)
+    finally:
+        report.MAX_LINES = old
+    assert len(cols) == 12
+
+
 # ------------------------------------------------------------------------------------- a constructed sweep
 
 # val PGD accuracy per epoch of each trial (k, seed): k=1 is slow and good, k=10 fast with catastrophic
@@ -88,9 +227,10 @@ CURVES = {
 EPOCH_S = {1: 10.0, 10: 5.0, 40: 2.0}
 
 
-def _write_sweep(d: Path, curves: dict[tuple[int, int], list[float]], failed: bool = True, jsonl: bool = True) -> Path:
+def _write_sweep(d: Path, curves: dict[tuple[int, int], list[float]], failed: bool = True, jsonl: bool = True,
+                 swept: list[str] | None = None) -> Path:
     (d / "trials").mkdir(parents=True)
-    rf = ResultsFile(d / "results.parquet", {"orch.sweep": "fake", "orch.swept": '["method.k"]',
+    rf = ResultsFile(d / "results.parquet", {"orch.sweep": "fake", "orch.swept": json.dumps(swept or ["method.k"]),
                                              "orch.metric": "best/pgd10@8", "orch.mode": "max"})
     plan = list(curves.items()) + ([((40, 1), None)] if failed else [])
     for i, ((k, seed), accs) in enumerate(plan):
@@ -164,6 +304,55 @@ def test_constructed_sweep_figures_and_threshold(tmp_path: Path) -> None:
     # an explicit threshold is used as given
     rep2 = make_report(sdir, out_dir=tmp_path / "out2", threshold=0.3)
     assert rep2["threshold"] == 0.3 and (tmp_path / "out2" / "time_to_threshold.png").is_file()
+
+
+def test_a_section_axis_is_named_by_its_differing_sub_keys_in_the_comparison_figures(tmp_path: Path, monkeypatch) -> None:
+    """Swept over the whole ``method`` section (name fgsm_sdi in all, k differs): legends and the numbered Pareto
+    front use ``k=1`` and ``k=10, seed 0``, never the section dicts of the trial names."""
+    import orchestrator.report as report
+
+    legends: dict[str, list[str]] = {}
+    real = report._savefig
+
+    def spy(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
+        legends[path.name] = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        legends[path.name] += [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+        legends[path.name] += [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+        return real(plt, fig, path, dpi)
+
+    monkeypatch.setattr(report, "_savefig", spy)
+    sdir = _write_sweep(tmp_path / "fake", CURVES, swept=["method"])
+    make_report(sdir, out_dir=tmp_path / "out")
+    assert {"k=1 (n=2)", "k=10 (n=2)", "k=40 (n=1)"} <= set(legends["tradeoff.png"]), legends["tradeoff.png"]
+    front = [t for t in legends["tradeoff.png"] if "seed" in t]
+    assert front and all(t.startswith("k=") and t.split(", seed ")[1] in ("0", "1") for t in front), front
+    assert {"k=1", "k=10", "k=40"} <= set(legends["robust_epochs.png"]) and {"k=1", "k=10", "k=40"} <= set(legends["curves.png"])
+    assert {"k=1", "k=10", "k=40"} <= set(legends["time_to_threshold.png"])
+    assert not any("{" in t or "fgsm_sdi" in t for texts in legends.values() for t in texts), legends
+    assert "method.png" in legends  # the parameter figure of the section axis
+
+
+def test_curves_legend_below_the_panels_or_left_out_and_said_so(tmp_path: Path, monkeypatch) -> None:
+    """search_sdi: 12 groups' legend covered most of the first panel; now it is below the panels, and beyond
+    MAX_CURVE_LEGEND groups it is left out and the title says so."""
+    import orchestrator.report as report
+
+    seen: list[tuple[int, list[int], str]] = []
+    real = report._savefig
+
+    def spy(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
+        if path.name == "curves.png":
+            seen.append((len(fig.legends), [int(ax.get_legend() is not None) for ax in fig.axes], fig._suptitle.get_text()))
+        return real(plt, fig, path, dpi)
+
+    monkeypatch.setattr(report, "_savefig", spy)
+    sdir = _write_sweep(tmp_path / "fake", CURVES)
+    make_report(sdir, out_dir=tmp_path / "a")
+    monkeypatch.setattr(report, "MAX_CURVE_LEGEND", 2)
+    make_report(sdir, out_dir=tmp_path / "b")
+    (n_fig, on_axes, title), (n_fig2, on_axes2, title2) = seen
+    assert n_fig == 1 and not any(on_axes) and "legend left out" not in title
+    assert n_fig2 == 0 and not any(on_axes2) and "legend left out (3 groups)" in title2
 
 
 def test_no_catastrophic_overfitting_no_red_marks(tmp_path: Path) -> None:
