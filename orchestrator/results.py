@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -169,6 +170,11 @@ def _array(name: str, values: list[Any]) -> pa.Array:
         return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sort key with numbers compared as numbers: Optuna's t2 before t10 (not t0, t1, t10, t11, t2)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name)]
+
+
 def write_parquet(table: pa.Table, path: str | Path) -> None:
     """Write atomically: a reader never sees a half-written file, a kill never leaves one."""
     path = Path(path)
@@ -203,5 +209,5 @@ class ResultsFile:
             self.write()
 
     def write(self) -> None:
-        rows = sorted(self.rows.values(), key=lambda r: (r.get("trial_index") is None, r.get("trial_index") or 0, r["trial_name"]))
+        rows = sorted(self.rows.values(), key=lambda r: (r.get("trial_index") is None, r.get("trial_index") or 0, natural_key(r["trial_name"])))
         write_parquet(to_table(rows, self.metadata), self.path)

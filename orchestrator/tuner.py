@@ -171,6 +171,13 @@ class SafeOptunaSearch(OptunaSearch):
         g["scores"][trial_id] = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
         if not error and result and not result.get("final"):
             g["stopped"] = True  # ended by the scheduler before its final record
+            # Tune hands the result that made ASHA stop the trial to on_trial_complete only, never to
+            # on_trial_result: report it, or Optuna keeps the previous epoch's value for the pruned config
+            if primary == trial_id and isinstance(v, (int, float)) and "epoch" in result and not g["told"]:
+                try:
+                    self._ot_trials[primary].report(float(v), int(result["epoch"]))
+                except Exception as e:  # noqa: BLE001 - already reported at that step, or finished after a restore
+                    log.debug("ignored Optuna report for %s: %s", trial_id, e)
         if len(g["scores"]) < len(self._orch_seeds) or g["told"]:
             return
         good = [s for s in g["scores"].values() if s is not None]

@@ -79,7 +79,17 @@ def test_epoch_metric_finished_trials_are_scored_and_early_stopped_ones_pruned()
         search.on_trial_result("done", {"epoch": e, "val/pgd_acc": v})
     search.on_trial_result("cut", {"epoch": 1, "val/pgd_acc": 0.2})
     search.on_trial_complete("done", {"final": True, "best/pgd10@8": 0.4, "epochs_run": 3})
-    search.on_trial_complete("cut", {"epoch": 1, "val/pgd_acc": 0.2})
+    # the result that makes ASHA stop a trial reaches on_trial_complete only (Tune skips on_trial_result for it)
+    search.on_trial_complete("cut", {"epoch": 2, "val/pgd_acc": 0.25})
     done, cut = search._ot_study.trials
     assert done.state == TrialState.COMPLETE and done.value == pytest.approx(0.5)
-    assert cut.state == TrialState.PRUNED and cut.intermediate_values == {1: 0.2}
+    assert cut.state == TrialState.PRUNED and cut.intermediate_values == {1: 0.2, 2: 0.25}
+    assert cut.value == pytest.approx(0.25)  # Optuna takes a pruned trial's last intermediate value
+
+
+def test_results_order_optuna_trials_by_number() -> None:
+    from orchestrator.results import natural_key
+
+    names = ["t10:lr=0.1,seed=0", "t1:lr=0.2,seed=0", "t0:lr=0.3,seed=1", "t0:lr=0.3,seed=0", "t2:lr=0.4,seed=0"]
+    assert sorted(names, key=natural_key) == ["t0:lr=0.3,seed=0", "t0:lr=0.3,seed=1", "t1:lr=0.2,seed=0",
+                                              "t2:lr=0.4,seed=0", "t10:lr=0.1,seed=0"]
