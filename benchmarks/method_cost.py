@@ -19,9 +19,8 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from training.config import OptimConfig, RunConfig, ScheduleConfig
+from training.config import OptimConfig, ScheduleConfig
 from training.loop import resolve_device
 from training.methods import StepContext
 from training.methods.fgsm_sdi import Generator

@@ -321,35 +321,31 @@ def ui_urls(base: str, experiment_id: str, run_ids: list[str], sort_metric: str 
 
 
 def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mode: str = "max") -> dict[str, Any]:
-    """A sweep's MLflow UI addresses (:func:`ui_urls`), looked up in its SQLite store (read-only, without mlflow).
+    """A sweep's MLflow UI addresses (:func:`ui_urls`), looked up in its SQLite store with MLflow's own client.
 
     Also returns ``experiment_id`` (None if the store has no such experiment: then no addresses),
     ``run_ids`` / ``run_names`` of the trial runs (tagged ``orch.trial_key``, not deleted, oldest first) and
     ``sort_metric`` (the sweep's metric as MLflow names it, if some run has it)."""
-    import sqlite3
-    from urllib.parse import quote
+    import logging
+
+    from mlflow.tracking import MlflowClient
 
     from orchestrator.tracking import TRIAL_KEY_TAG, mlflow_key
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     out: dict[str, Any] = {"experiment": experiment, "experiment_id": None, "run_ids": [], "run_names": [], "sort_metric": None,
                            "experiment_url": None, "trials_url": None, "compare_url": None}
-    con = sqlite3.connect(f"file:{quote(str(db))}?mode=ro", uri=True)
-    try:
-        row = con.execute("SELECT experiment_id FROM experiments WHERE name = ? AND lifecycle_stage = 'active'", (experiment,)).fetchone()
-        if row is None:
-            return out
-        runs = con.execute(
-            "SELECT r.run_uuid, r.name FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = ? "
-            "WHERE r.experiment_id = ? AND r.lifecycle_stage = 'active' ORDER BY r.start_time, r.name",
-            (TRIAL_KEY_TAG, row[0]),
-        ).fetchall()
-        key = mlflow_key(metric) if metric else None
-        if key and con.execute("SELECT 1 FROM latest_metrics m JOIN runs r ON r.run_uuid = m.run_uuid "
-                               "WHERE m.key = ? AND r.experiment_id = ? LIMIT 1", (key, row[0])).fetchone() is None:
-            key = None  # nothing logged under that name (yet): an unsorted list
-    finally:
-        con.close()
-    out.update(experiment_id=str(row[0]), run_ids=[r[0] for r in runs], run_names=[r[1] for r in runs], sort_metric=key)
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path(db).resolve()}")
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        return out
+    runs = list(client.search_runs([exp.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` != ''",
+                                   max_results=50000, order_by=["attributes.start_time ASC", "attributes.run_name ASC"]))
+    key = mlflow_key(metric) if metric else None
+    if key and not any(key in r.data.metrics for r in runs):
+        key = None  # nothing logged under that name (yet): an unsorted list
+    out.update(experiment_id=str(exp.experiment_id), run_ids=[r.info.run_id for r in runs],
+               run_names=[r.info.run_name for r in runs], sort_metric=key)
     out.update(ui_urls(base, out["experiment_id"], out["run_ids"], key, mode))
     return out
 
@@ -373,8 +369,6 @@ def ui(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on a sweep's local store (mlflow.db + mlartifacts); print its experiment and compare pages."""
-    import sqlite3
-
     sdir = _resolve_sweep_dir(target, profile, data_dir_)
     db = sdir / "mlflow.db"
     if not db.exists():
@@ -385,7 +379,7 @@ def ui(
     experiment, metric, mode = _sweep_identity(sdir)
     try:
         links = ui_links(db, experiment, base, metric, mode)
-    except sqlite3.Error as e:
+    except Exception as e:  # noqa: BLE001 - MlflowException / SQLAlchemy errors: not an MLflow store
         err_console.print(f"[bold red]error[/]: {db}: not a readable MLflow store ({e})")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", host, "--port", str(port), "--workers", "1"]

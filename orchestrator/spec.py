@@ -435,7 +435,7 @@ def load_spec(
 
     for k in RESERVED_RUN_KEYS:
         if k in model.base and k != "seed":
-            errors.append(origins.error(("base", k), model.base[k], f"set by orch for every trial (inside the sweep folder); remove it"))
+            errors.append(origins.error(("base", k), model.base[k], "set by orch for every trial (inside the sweep folder); remove it"))
 
     seeds = _parse_seeds(doc.get("seeds", _MISSING), model.base, origins, errors)
     axes = _parse_axes(model.axes, origins, errors)

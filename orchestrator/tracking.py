@@ -164,7 +164,7 @@ class Tracker:
                     if not queue:
                         raise
                     self.failures += 1
-                    log.warning("MLflow %s failed (%s); queued for retry", getattr(fn, "__name__", fn), e)
+                    log.warning("MLflow %s failed (%s); queued for retry", getattr(fn, "__name__", fn), _brief(e))
                     self.pending.append((fn, args, kw))
                     return None
                 time.sleep(delay)
@@ -183,36 +183,13 @@ class Tracker:
                 fn(*args, **kw)
             except Exception as e:  # noqa: BLE001
                 if _is_client_error(e):  # e.g. a batch the server now refuses: drop it, keep the rest going
-                    log.warning("MLflow refused a queued %s: %s", getattr(fn, "__name__", fn), e)
+                    log.warning("MLflow refused a queued %s: %s", getattr(fn, "__name__", fn), _brief(e))
                     self.pending.pop(0)
                     continue
                 self._next_flush = time.time() + FLUSH_BACKOFF_S
                 return len(self.pending)
             self.pending.pop(0)
         return 0
-
-    def healthy(self) -> bool:
-        """Nothing queued, and the store answers (a cheap read)."""
-        if self.flush():
-            return False
-        try:
-            self.client.get_experiment(self.experiment_id)
-            return True
-        except Exception:  # noqa: BLE001
-            return False
-
-    def wait_until_delivered(self, seconds: float, on_wait: Callable[[int], None] | None = None) -> int:
-        """At the end of a sweep: retry the queue for up to ``seconds``; returns how many calls are still queued."""
-        deadline = time.time() + seconds
-        left = self.flush()
-        told = False
-        while left and time.time() < deadline:
-            if on_wait is not None and not told:
-                on_wait(left)
-                told = True
-            time.sleep(min(2.0, max(0.0, deadline - time.time())))
-            left = self.flush(force=True)
-        return left
 
     # ------------------------------------------------------------------ runs
     def _load_existing_runs(self) -> None:
@@ -281,7 +258,7 @@ class Tracker:
             if _is_client_error(e):
                 raise
             self.failures += 1
-            log.warning("MLflow create_run for %s failed (%s); will try again at its next event", name, e)
+            log.warning("MLflow create_run for %s failed (%s); will try again at its next event", name, _brief(e))
             return None
         run_id = run.info.run_id
         self.runs[key] = run_id
@@ -348,6 +325,12 @@ class Tracker:
         ]
         for i in range(0, len(metrics), 1000):
             self._call(self.client.log_batch, run_id, metrics=metrics[i : i + 1000])
+
+
+def _brief(e: BaseException) -> str:
+    """An error's first line (SQLAlchemy appends the whole statement and its parameters)."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def _is_client_error(e: Exception) -> bool:

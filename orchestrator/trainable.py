@@ -28,7 +28,6 @@ trial to finish an epoch then creates ``<path>`` and raises, once per sweep (tes
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -125,7 +124,9 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             if ctx.crash_once and not rec.get("final"):
                 _maybe_crash(ctx.crash_once, trial["name"])
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+        from orchestrator.spec import STORAGE_ERRNOS
+
+        if e.errno in STORAGE_ERRNOS:
             # one line a researcher can act on, instead of a traceback from inside torch.save or Ray
             raise StorageError(f"cannot write the trial folder {out_dir}: {e.strerror} ({e.filename}); "
                                "the epochs checkpointed before are kept") from e

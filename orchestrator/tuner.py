@@ -273,8 +273,9 @@ class SweepCallback(tune.Callback):
         self.index = {t.key: t.index for t in spec.trials}
         self.statuses: dict[str, str] = {}
         self._configs: dict[str, dict[str, Any]] = {}
-        # trials that ended and are not in MLflow yet: key -> (trial, checkpoint folder, last result, status, error)
-        self.deferred: dict[str, tuple[dict[str, Any], Path, dict[str, Any], str, str | None]] = {}
+        # trials that ended and are not in MLflow yet: key -> (trial, checkpoint folder, last result, status, error,
+        # its metrics.jsonl records)
+        self.deferred: dict[str, tuple[dict[str, Any], Path, dict[str, Any], str, str | None, list[dict[str, Any]]]] = {}
 
     # ------------------------------------------------------------------ helpers
     def _info(self, trial: Any) -> _TrialInfo:
@@ -366,16 +367,16 @@ class SweepCallback(tune.Callback):
             epoch_record=epochs[-1] if epochs else None,
         ), write=write)
         if self.tracker is not None:
-            self.deferred[t["key"]] = (t, src, last, status, error)
+            self.deferred[t["key"]] = (t, src, last, status, error, epochs)
             self.log_deferred()
 
     def log_deferred(self) -> None:
         """Log the trials that ended but are not yet in MLflow (all of them, unless the store is unreachable:
         then they wait here for the next try). A run created late gets its id into results.parquet too."""
         for key in list(self.deferred):
-            t, src, last, status, error = self.deferred[key]
+            t, src, last, status, error, epochs = self.deferred[key]
             had_run = key in self.tracker.runs
-            if self._log_end(t, src, last, status, error):
+            if self._log_end(t, src, last, status, error, epochs):
                 del self.deferred[key]
                 if not had_run and key in self.results.rows:
                     self.results.rows[key]["mlflow_run_id"] = self.tracker.runs[key]
@@ -383,7 +384,8 @@ class SweepCallback(tune.Callback):
             else:
                 break  # the store is down: keep the order, try again at the next step
 
-    def _log_end(self, t: dict[str, Any], src: Path, last: dict[str, Any], status: str, error: str | None) -> bool:
+    def _log_end(self, t: dict[str, Any], src: Path, last: dict[str, Any], status: str, error: str | None,
+                 epochs: list[dict[str, Any]]) -> bool:
         """MLflow side of a trial's end; False if its run cannot be created now (nothing was sent)."""
         run_id = self.tracker.runs.get(t["key"])
         if run_id is None:  # its start was never logged here (outage, reconcile after a driver died)
@@ -397,12 +399,12 @@ class SweepCallback(tune.Callback):
         if status == "failed":
             self.tracker.fail_trial(run_id, error or "")
             return True
-        for rec in _epoch_rows(src):  # epochs this driver never sent (outage, reconcile, replay); skipped when logged
+        for rec in epochs:  # epochs this driver never sent (outage, reconcile, replay); skipped when logged
             self.tracker.log_epoch(run_id, rec)
         out_dir = trial_dir(self.ctx.trials_dir, t["name"], t["key"])
         art = out_dir / "mlflow"  # kept (not a temp folder): a queued upload still finds its files
         art.mkdir(exist_ok=True)
-        artifacts = _trial_artifacts(src, art, last, t["name"])
+        artifacts = _trial_artifacts(src, art, last, t["name"], epochs)
         final = last if last.get("final") else {"outcome": "stopped"}
         step = int(last.get("epochs_run") or last.get("epoch") or 0)
         self.tracker.log_final(run_id, {k: v for k, v in final.items() if not k.startswith("orch/")}, step, artifacts,
@@ -436,9 +438,9 @@ def _error_text(trial: Any) -> str:
         return str(getattr(trial, "error_msg", "") or "error")
 
 
-def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str) -> list[Path]:
+def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str, epochs: list[dict[str, Any]]) -> list[Path]:
     """Files logged to a trial's MLflow run: the resolved config, the results (with every epoch), the final
-    robustness matrix and the curves plot."""
+    robustness matrix and the curves plot of ``epochs`` (its metrics.jsonl records), written into ``tmp``."""
     from orchestrator.report import plot_trial_curves
 
     out: list[Path] = []
@@ -451,12 +453,10 @@ def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str) -> 
         p = tmp / "robustness.json"
         p.write_text(json.dumps(matrix, indent=2))
         out.append(p)
-    if (src / "metrics.jsonl").exists():
-        rows = [json.loads(x) for x in (src / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        if rows:
-            p = tmp / "curves.png"
-            plot_trial_curves(rows, p, title=name)
-            out.append(p)
+    if epochs:
+        p = tmp / "curves.png"
+        plot_trial_curves(epochs, p, title=name)
+        out.append(p)
     return out
 
 

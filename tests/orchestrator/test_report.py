@@ -292,7 +292,7 @@ def test_constructed_sweep_figures_and_threshold(tmp_path: Path) -> None:
     assert _pure_red(_png(files["robust_epochs.png"])) > 20
     assert _pure_red(_png(files["tradeoff.png"])) > 5
 
-    rows, meta = rep["rows"], rep["meta"]
+    rows = rep["rows"]
     gs = groups(rows, ["method.k"])
     assert best_epoch_value(gs) == pytest.approx(0.50)
     got = {g.label: sorted(((r["trial_name"], t) for r, t in trials), key=lambda x: x[0]) for g, trials in threshold_times(gs, 0.45)}

@@ -8,7 +8,6 @@ import ipaddress
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -23,12 +22,6 @@ import pytest
 from orchestrator.results import read_rows
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening_addresses(port: int) -> list[str] | None:
@@ -75,7 +68,7 @@ def test_orch_ui_prints_the_sweeps_pages_and_listens_on_loopback_only(grid_sweep
     trial_runs = {r["mlflow_run_id"]: r["trial_name"] for r in rows}
     assert len(trial_runs) == 4
 
-    port = _free_port()
+    port = mlflow_servers.free_port()
     base = f"http://127.0.0.1:{port}"
     # a narrow terminal: the addresses must still come out whole, one per line
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", str(sdir), "--port", str(port)],
@@ -144,17 +137,13 @@ def test_orch_ui_without_a_local_store_is_refused(tmp_path: Path, cli) -> None:
 
 
 def test_ui_links_of_a_store_without_the_experiment(tmp_path: Path) -> None:
-    """A store the sweep has not logged into yet: no addresses, and the server still starts (not tested here)."""
-    import sqlite3
+    """A real MLflow store the sweep has not logged into yet (another experiment only): no addresses."""
+    from mlflow.tracking import MlflowClient
 
     from orchestrator.cli import ui_links, ui_urls
 
     db = tmp_path / "mlflow.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE experiments (experiment_id INTEGER, name TEXT, lifecycle_stage TEXT)")
-    con.execute("INSERT INTO experiments VALUES (0, 'Default', 'active')")
-    con.commit()
-    con.close()
+    MlflowClient(tracking_uri=f"sqlite:///{db}").create_experiment("another")
     links = ui_links(db, "grid", "http://127.0.0.1:5000", "best/pgd10@8")
     assert links["experiment_id"] is None and links["compare_url"] is None and links["run_ids"] == []
     # the compare view's route as the MLflow UI writes it (JSON lists, unencoded)
