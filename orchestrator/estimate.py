@@ -70,7 +70,7 @@ def probe(run_dict: dict[str, Any], label: str) -> Estimate:
         probe_s = time.perf_counter() - t0
     epoch, final = recs[0], recs[-1]
     return Estimate(
-        label=label, epochs=cfg.epochs, n_train=n_train, n_test=n_test,
+        label=label, epochs=cfg.data_epochs, n_train=n_train, n_test=n_test,
         train_s_per_image=1.0 / max(epoch["time/images_per_s"], 1e-9),
         epoch_eval_s=float(epoch.get("time/epoch_eval_s", 0.0)),
         final_eval_s=float(final.get("time/eval_s", 0.0)) * n_test / max(min(PROBE_TEST, n_test), 1),

@@ -709,7 +709,7 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
         configs.append((label, cfg))
     if errors:
         raise SpecErrors(list(errors.values()))
-    spec.epochs = sorted({c.epochs for _, c in configs})
+    spec.epochs = sorted({c.data_epochs for _, c in configs})  # the epochs trials report (ASHA's time axis)
     if spec.scheduler.name == "asha" and spec.scheduler.max_t is None:
         spec.scheduler = spec.scheduler.model_copy(update={"max_t": max(spec.epochs)})
     if spec.metric:

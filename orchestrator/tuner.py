@@ -420,9 +420,10 @@ def _epoch_rows(src: Path) -> list[dict[str, Any]]:
 
 
 def _data_epochs(cfg: dict[str, Any]) -> int:
-    """Epochs run() will yield (Free-AT replays each minibatch m times: ceil(epochs / m))."""
-    m = (cfg.get("method") or {}).get("m") if (cfg.get("method") or {}).get("name") == "free" else None
-    return math.ceil(cfg["epochs"] / m) if m else cfg["epochs"]
+    """Epochs run() will yield (``RunConfig.data_epochs``: Free-AT with ``divide_epochs`` makes ceil(epochs / m))."""
+    from training.config import RunConfig
+
+    return RunConfig.from_dict(cfg).data_epochs
 
 
 def _hash(cfg: dict[str, Any]) -> str:

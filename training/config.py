@@ -304,6 +304,15 @@ class RunConfig:
     def eps(self) -> float:
         return self.threat.eps
 
+    @property
+    def data_epochs(self) -> int:
+        """Passes over the training data run() makes, i.e. the epoch records it yields: ``epochs``, except for a
+        method that counts otherwise (Free-AT with ``divide_epochs``: ceil(epochs / m))."""
+        from training import registry
+
+        cls = registry.METHODS.get(self.method.name)
+        return cls.data_epochs(self.epochs, cls.Params.from_dict(dict(self.method.params)))
+
 
 # validation-split metrics a run can maximise to choose its `best` checkpoint
 EPOCH_METRICS_MAXIMISED = ("val/pgd_acc", "val/clean_acc")

@@ -157,7 +157,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
     # the method object is built before the schedule so its replay count (Free-AT's m) is known
     ctx = StepContext(train_model, optimizer, None, cfg.eps, data.num_classes, device, cfg.precision)
     method = method_cls(params, ctx)
-    data_epochs = math.ceil(cfg.epochs / method.replays)
+    data_epochs = cfg.data_epochs  # Free-AT: epochs, or ceil(epochs / m) with divide_epochs (training/methods/free.py)
     schedule = Schedule(optimizer, data_epochs * len(loader) * method.replays, cfg.optim, cfg.schedule)
     ctx.schedule = schedule
 

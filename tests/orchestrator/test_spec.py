@@ -205,3 +205,25 @@ def test_k_interval_demo_is_the_default_and_matches_the_thesis_axis() -> None:
     assert [a.values for a in paper.axes] == [(1, 2, 10, 20, 30, 40)]
     assert paper.base["data"]["name"] == "cifar10" and paper.base["model"]["name"] == "resnet18" and paper.epochs == [110]
     assert paper.base["eval"]["subset"] is None and paper.resources.gpu == 1
+
+
+@pytest.mark.parametrize("divide,passes", [(False, 8), (True, 2)])
+def test_free_at_epochs_are_counted_as_the_run_counts_them(tmp_path: Path, divide: bool, passes: int) -> None:
+    """Free-AT (m = 4, 8 epochs) makes 8 passes over the data as in the thesis, 2 with ``divide_epochs`` (Shafahi
+    et al.): the dry run's epochs, ASHA's max_t, the live view's epochs per trial (tuner) and the compute estimate
+    all count what run() yields."""
+    from orchestrator.estimate import probe
+    from orchestrator.tuner import _data_epochs
+    from training.config import RunConfig
+
+    f = tmp_path / "free.yaml"
+    f.write_text(edit({"  epochs: 1": "  epochs: 8",
+                       "method: {name: fgsm_sdi, k: 20, gen_width: 8}": f"method: {{name: free, m: 4, divide_epochs: {str(divide).lower()}}}",
+                       "method.k: [1, 40]": "optim.lr: [0.05, 0.1]", "metric: best/pgd10@8": "metric: val/pgd_acc"},
+                      "scheduler: {name: asha}\n"))
+    s = load_spec(f)
+    assert s.epochs == [passes] and s.scheduler.max_t == passes
+    run_dict = s.run_dict(s.trials[0].swept, 0, name="t", out_dir=str(tmp_path / "t"))
+    assert RunConfig.from_dict(run_dict).data_epochs == passes
+    assert _data_epochs(RunConfig.from_dict(run_dict).to_dict()) == passes
+    assert probe(run_dict, "t").epochs == passes

@@ -56,7 +56,7 @@ def test_resume_gives_the_same_numbers(tmp_path, method):
     if method == "fgsm_sdi":
         params.update({"method.k": 2, "method.gen_width": 8})
     if method == "free":
-        params.update({"method.m": 2, "epochs": 6})
+        params.update({"method.m": 2, "method.divide_epochs": True, "epochs": 6})  # 3 data passes
     full_cfg = tiny(tmp_path / "full", **params)
     full = list(run(full_cfg))
 
@@ -74,6 +74,22 @@ def test_resume_gives_the_same_numbers(tmp_path, method):
             assert a[k] == pytest.approx(v, rel=1e-6, abs=1e-9) if isinstance(v, float) else a[k] == v, k
     lines = (tmp_path / "part" / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [r["epoch"] for r in full[:-1]]  # every epoch once
+
+
+@pytest.mark.parametrize("divide", [False, True])
+def test_free_at_counts_epochs_as_the_thesis_unless_divide_epochs(tmp_path, divide):
+    """Thesis §3.4.4: "the number of epochs were not divided by m": Free-AT makes ``epochs`` passes over the data,
+    m optimiser steps per minibatch; ``divide_epochs`` makes ceil(epochs / m) passes (Shafahi et al.). The
+    schedule spans every replay of every pass (the cyclic lr ends at 0 in the last step)."""
+    cfg = tiny(tmp_path, **{"method.name": "free", "method.m": 2, "method.divide_epochs": divide, "epochs": 3,
+                            "data.train_limit": 256})
+    recs = list(run(cfg))
+    passes = 2 if divide else 3
+    assert cfg.data_epochs == passes
+    assert [r["epoch"] for r in recs[:-1]] == list(range(1, passes + 1))
+    sched = ckpt.load(tmp_path / "run" / "last.pt")["schedule"]
+    assert sched["step_count"] == sched["total"] == passes * (256 // 64) * 2  # passes x batches x m
+    assert recs[-1]["epochs_run"] == passes
 
 
 def test_resume_refuses_a_different_config(tmp_path):

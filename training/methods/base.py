@@ -80,7 +80,13 @@ class Method:
     Params: ClassVar[type[Params]]
     # passes per iteration, for the benchmark (spec §9): forward, full backward, input-only backward (target net)
     passes: ClassVar[dict[str, float]] = {}
-    replays: int = 1  # optimiser steps per minibatch (Free-AT: m); the loop divides the data passes by it
+    replays: int = 1  # optimiser steps per minibatch (Free-AT: m)
+
+    @classmethod
+    def data_epochs(cls, epochs: int, params: Params) -> int:
+        """Passes over the training data that a budget of ``epochs`` means for this method (Free-AT may divide it
+        by m: ``free.divide_epochs``). The loop, the tuner and the estimate all count epochs through this."""
+        return epochs
 
     def __init__(self, params: Params, ctx: StepContext) -> None:
         self.p = params
