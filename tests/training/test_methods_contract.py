@@ -152,3 +152,38 @@ def test_ckpt_uses_clean_input_when_random_start_already_fools():
     method.ctx.schedule.optimizer = method.ctx.optimizer
     method.step(x, yy, 0)
     assert torch.equal(seen["inputs"][-1], x)
+
+
+@pytest.mark.parametrize("alpha_255,eps_255", [(None, 16), (None, 8), (10, 16)])
+def test_ckpt_step_is_1_25_eps_unless_set(alpha_255, eps_255):
+    """FGSM-CKPT's α defaults to 1.25ε (the official 10/255 at ε = 8/255), not a fixed 10/255 (0.625ε at 16/255).
+
+    A model that never flips its (correct) label trains on the full FGSM-RS point x1 = x + clip_ε(u + α·s) with
+    u ~ U[-ε, ε] and s = sign of the gradient, here -1 everywhere: the smallest coordinate of -(x1 - x) is α - ε
+    (over 3072 coordinates, within 1% of 2ε of it)."""
+    eps = eps_255 / 255
+    seen = []
+
+    class Confident(nn.Module):  # logits [a·sum(x), 0, 0, 0]: always class 0; ∂CE/∂x < 0 everywhere
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(torch.full((1,), 1e-3))  # small: softmax not saturated, the gradient not 0
+
+        def forward(self, inp):
+            seen.append(inp.detach().clone())
+            z = self.a * inp.flatten(1).sum(1, keepdim=True)
+            return torch.cat([z, torch.zeros(len(inp), 3)], 1)
+
+    model = Confident()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    ctx = StepContext(model, opt, None, eps, 4, torch.device("cpu"))
+    ctx.schedule = Schedule(opt, 10, OptimConfig(lr=0.0), ScheduleConfig(name="constant"))
+    cls = METHODS.get("fgsm_ckpt")
+    method = cls(cls.Params.from_dict({} if alpha_255 is None else {"alpha_255": alpha_255}), ctx)
+    torch.manual_seed(0)
+    x = torch.full((16, 3, 8, 8), 0.5)  # no clamping to [0, 1] within 16/255
+    method.step(x, torch.zeros(16, dtype=torch.long), 0)
+    d = -(seen[-1] - x)  # the training input
+    alpha = 1.25 * eps if alpha_255 is None else alpha_255 / 255
+    assert float(d.max()) == pytest.approx(eps, abs=1e-6)
+    assert float(d.min()) == pytest.approx(alpha - eps, abs=0.02 * eps)

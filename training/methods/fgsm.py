@@ -108,7 +108,9 @@ class FGSMCKPT(Method):
     that already flips the label; clean x where the random start is already misclassified.
 
     As the reference (through torchattacks 2.12), the attack and the checkpoint passes run in eval mode and
-    the training pass in train mode.
+    the training pass in train mode. The step α defaults to 1.25ε: the reference's fixed 10/255 is its default at
+    ε = 8/255 (spec §4), so it scales with ε here as FGSM-RS's does (a fixed 10/255 would be 0.625ε at 16/255);
+    ``alpha_255`` sets it in /255.
     """
 
     @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class FGSMCKPT(Method):
         try:
             x0 = (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp(0, 1)
             g, logits0 = self.ctx.input_grad(x0, y)
-            x1 = (x + clip_eps(x0 + self.alpha(10.0) * g.sign() - x, self.eps)).clamp(0, 1)
+            x1 = (x + clip_eps(x0 + self.alpha(1.25, relative=True) * g.sign() - x, self.eps)).clamp(0, 1)
             d = x1 - x
             chosen = x1.clone()
             wrong0 = logits0.argmax(1) != y
