@@ -44,7 +44,12 @@ THESIS_COLUMNS = (
     ("C&W", "cw@{eps}"), ("APGD", "apgd_ce@{eps}"), ("AA", "aa@{eps}"),
 )
 EXTRA_COLUMNS = (("FGSM", "fgsm@{eps}"), ("APGD-T", "apgd_t@{eps}"), ("FAB-T", "fab_t@{eps}"), ("Square", "square@{eps}"))
-CURVE_KEYS = (("val/pgd_acc", "val PGD-10 acc"), ("val/clean_acc", "val clean acc"), ("train/pgd_acc", "train-batch PGD-10 acc"), ("train/loss", "train loss"))
+CURVE_KEYS = (("val/pgd_acc", "val PGD-10 acc (%)"), ("val/clean_acc", "val clean acc (%)"), ("train/pgd_acc", "train-batch PGD-10 acc (%)"), ("train/loss", "train loss"))
+
+
+def curve_scale(key: str) -> float:
+    """Accuracies (fractions in the records) are drawn in %, as in every other figure; the loss as it is."""
+    return 100.0 if key.endswith("_acc") else 1.0
 
 
 @dataclass
@@ -359,7 +364,7 @@ def plot_trial_curves(records: list[dict[str, Any]], path: Path, title: str = ""
     fig, axs = plt.subplots(1, len(CURVE_KEYS), figsize=(4 * len(CURVE_KEYS), 3))
     ep = [r["epoch"] for r in records]
     for ax, (k, lab) in zip(axs, CURVE_KEYS):
-        ax.plot(ep, [r.get(k, float("nan")) for r in records], marker="o", ms=3)
+        ax.plot(ep, [curve_scale(k) * r.get(k, float("nan")) for r in records], marker="o", ms=3)
         ax.set_title(lab, fontsize=9)
         ax.set_xlabel("epoch")
         co = [r["epoch"] for r in records if r.get("co/detected")]
@@ -500,7 +505,7 @@ def plot_curves(gs: list[Group], out_dir: Path) -> Path | None:
             for rec in trial_records(r):
                 for k, _ in CURVE_KEYS:
                     if _finite(rec.get(k)):
-                        acc[k].setdefault(int(rec["epoch"]), []).append(float(rec[k]))
+                        acc[k].setdefault(int(rec["epoch"]), []).append(curve_scale(k) * float(rec[k]))
         if any(acc.values()):
             series.append((labels[id(g)], style[id(g)][0], acc))
     if not series:

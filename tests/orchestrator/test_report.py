@@ -405,3 +405,39 @@ def test_report_command_writes_where_asked_with_the_given_threshold(grid_sweep, 
     assert "time to threshold: validation PGD accuracy >= 1.0%" in " ".join(res.output.split())
     bad = cli("report", grid_sweep["dir"], "--threshold", "1.5")
     assert bad.exit_code == 2 and "--threshold" in bad.output
+
+
+def test_curves_plot_accuracies_in_percent(tmp_path: Path, monkeypatch) -> None:
+    """Issue 15: curves.png drew fractions where every other figure uses %. The accuracy panels (the sweep's
+    curves.png and a trial's MLflow curves.png) are in %, the loss panel as logged."""
+    import matplotlib.figure
+
+    import orchestrator.report as report
+
+    panels: dict[str, dict[str, float]] = {}
+    real = report._savefig
+
+    def spy(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
+        if path.name == "curves.png":
+            panels["sweep"] = {ax.get_title(): max(max(ln.get_ydata()) for ln in ax.get_lines()) for ax in fig.axes}
+        return real(plt, fig, path, dpi)
+
+    monkeypatch.setattr(report, "_savefig", spy)
+    make_report(_write_sweep(tmp_path / "fake", CURVES), out_dir=tmp_path / "out")
+    # CURVES: the best val PGD accuracy is 0.50 (k=1, seed 0; the group mean at epoch 4 is 0.48), clean = pgd + 0.4
+    assert panels["sweep"]["val PGD-10 acc (%)"] == pytest.approx(100 * (0.50 + 0.46) / 2)
+    assert panels["sweep"]["val clean acc (%)"] == pytest.approx(100 * (0.90 + 0.86) / 2)
+    assert panels["sweep"]["train-batch PGD-10 acc (%)"] == pytest.approx(48.0)
+    assert panels["sweep"]["train loss"] < 2.0  # 2 - acc: not scaled
+
+    real_save = matplotlib.figure.Figure.savefig
+
+    def grab(fig: Any, path: Any, *a: Any, **k: Any) -> None:
+        panels["trial"] = {ax.get_title(): max(ax.get_lines()[0].get_ydata()) for ax in fig.axes}
+        real_save(fig, path, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", grab)
+    report.plot_trial_curves([{"epoch": 1, "val/pgd_acc": 0.25, "val/clean_acc": 0.5, "train/pgd_acc": 0.3, "train/loss": 1.5}],
+                             tmp_path / "trial.png")
+    assert panels["trial"] == {"val PGD-10 acc (%)": 25.0, "val clean acc (%)": 50.0, "train-batch PGD-10 acc (%)": 30.0,
+                               "train loss": 1.5}
