@@ -56,3 +56,24 @@ def test_demo_profile_dry_runs(path: Path, cli, tmp_path: Path) -> None:
     if spec.trials:  # grid: every trial is listed by its key
         assert all(t.key in res.output for t in spec.trials)
     assert not (tmp_path / "sweeps").exists()  # a dry run writes nothing
+
+
+SAT_STUDIES = ("activations", "gradient_quality", "celu_alpha", "scaling")
+SAT_CASES = [(f, p) for f in FILES if f.stem in SAT_STUDIES for p in _profiles(f)]
+
+
+@pytest.mark.parametrize("path,profile", SAT_CASES, ids=[f"{f.stem}-{p}" for f, p in SAT_CASES])
+def test_sat_studies_train_with_pgd1(path: Path, profile: str) -> None:
+    """Thesis §4.2: SAT's attacker is single-step PGD (PGD-1): random start, one step of size ε (§4.6 on CIFAR-10:
+    ε = 8, step 8). Every trial of every profile of the SAT studies, the demos on digits included, trains so:
+    ``pgd_at`` with one step of ε, or its equal ``fgsm_rs`` with α = ε (the thesis: "FGSM attacker with random
+    initialization")."""
+    from training.config import RunConfig
+
+    assert {f.stem for f, _ in SAT_CASES} == set(SAT_STUDIES)
+    spec = load_spec(path, profile=profile)
+    for t in spec.trials:
+        cfg = RunConfig.from_dict(spec.run_dict(t.swept, t.seed, name=t.name, out_dir="/unused"))
+        m = cfg.method
+        assert (m.name, m.params.get("steps")) in (("pgd_at", 1), ("fgsm_rs", None)), (profile, t.name, m.name, dict(m.params))
+        assert m.params["alpha_255"] == cfg.threat.eps_255, (profile, t.name, dict(m.params), cfg.threat.eps_255)
