@@ -280,14 +280,17 @@ def report(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the files here (default: <sweep>/report).")] = None,
     threshold: Annotated[Optional[float], typer.Option("--threshold", min=0.0, max=1.0,
         help="Validation PGD accuracy (a fraction) for time_to_threshold.png (default: 0.9 x the sweep's best).")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="A row, as the table's Config column names it "
+        "(e.g. 'activation=relu'): every other row's difference from it, 95% interval over seeds (paired t or Welch).")] = None,
 ) -> None:
     """Print the sweep's table (mean ± std over seeds, best and last) and write Markdown, CSV and plots."""
+    from orchestrator.compare import BaselineError
     from orchestrator.report import make_report
 
     sdir = _resolve_sweep_dir(target, profile, data_dir_)
     try:
-        rep = make_report(sdir, console=console, plots=not no_plots, out_dir=out, threshold=threshold)
-    except FileNotFoundError as e:
+        rep = make_report(sdir, console=console, plots=not no_plots, out_dir=out, threshold=threshold, baseline=baseline)
+    except (FileNotFoundError, BaselineError) as e:
         err_console.print(f"[bold red]error[/]: {e}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
     console.print("written: " + ", ".join(str(p) for p in rep["files"]), highlight=False)

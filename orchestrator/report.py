@@ -333,17 +333,24 @@ def _markdown(header: list[str], body: list[list[str]], caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, gs: list[Group], rows: list[dict[str, Any]]) -> None:
-    """Mean and std of every final numeric column per group (machine-readable companion of table.md)."""
+def write_csv(path: Path, gs: list[Group], rows: list[dict[str, Any]], diffs: dict[str, Any] | None = None) -> None:
+    """Mean and std of every final numeric column per group (machine-readable companion of table.md); with
+    ``diffs`` (orchestrator.compare), a ``baseline`` column and each headline column's difference from it."""
     finals = sorted({k for r in rows for k in r if k.startswith(("best/", "last/", "time/")) and isinstance(r[k], (int, float))})
     swept = list(gs[0].values) if gs else []
+    extra = list(dict.fromkeys(k for d in (diffs or {}).get("csv", {}).values() for k in d))
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*swept, "n", "outcomes", *[f"{c}_{s}" for c in finals for s in ("mean", "std")]])
+        w.writerow([*swept, "n", "outcomes", *[f"{c}_{s}" for c in finals for s in ("mean", "std")],
+                    *(["baseline", *extra] if diffs else [])])
         for g in gs:
             vals = [json.dumps(g.values[k]) if isinstance(g.values[k], (list, dict)) else g.values[k] for k in swept]
             stats = [g.stats(c) for c in finals]
-            w.writerow([*vals, len(g.good()), g.outcomes(), *[x for s in stats for x in ((f"{s[0]:.6g}", f"{s[1]:.6g}") if s else ("", ""))]])
+            row = [*vals, len(g.good()), g.outcomes(), *[x for s in stats for x in ((f"{s[0]:.6g}", f"{s[1]:.6g}") if s else ("", ""))]]
+            if diffs:
+                d = diffs["csv"].get(id(g), {})
+                row += [int(g.label == diffs["baseline"]), *[f"{d[k]:.6g}" if isinstance(d.get(k), float) else d.get(k, "") for k in extra]]
+            w.writerow(row)
 
 
 # ---------------------------------------------------------------------------------------------------- plots
@@ -837,22 +844,33 @@ def plot_time_to_threshold(gs: list[Group], rows: list[dict[str, Any]], out_dir:
 
 
 def make_report(sweep_dir: str | Path, console: Console | None = None, plots: bool = True, out_dir: str | Path | None = None,
-                threshold: float | None = None, threshold_frac: float = 0.9) -> dict[str, Any]:
+                threshold: float | None = None, threshold_frac: float = 0.9, baseline: str | None = None) -> dict[str, Any]:
     """Print the table and write table.md, table.csv and the plots into ``out_dir`` (default ``<sweep_dir>/report``).
 
     ``threshold`` (a fraction, e.g. 0.55) is the validation PGD accuracy of ``time_to_threshold.png``; without it,
-    ``threshold_frac`` x the best validation PGD accuracy of the sweep. The returned dict holds the threshold used."""
+    ``threshold_frac`` x the best validation PGD accuracy of the sweep. The returned dict holds the threshold used.
+    ``baseline`` names a row (orchestrator/compare.py): the differences from it, with 95% intervals over seeds, go
+    to the terminal, table.md and table.csv; a name that matches no single row raises BaselineError before
+    anything is written."""
+    from orchestrator import compare
+
     sweep_dir = Path(sweep_dir)
     rows, meta = load(sweep_dir / "results.parquet")
     if not rows:
         raise FileNotFoundError(f"no results in {sweep_dir / 'results.parquet'} (has a trial finished?)")
+    swept = json.loads(meta.get("orch.swept", "[]"))
+    gs = groups(rows, swept)
+    diffs = None
+    if baseline is not None:
+        heads = compare.headline_columns(rows, meta, columns_present(rows, eps_of(rows)))
+        diffs = compare.compare(gs, compare.find_baseline(gs, baseline, str(sweep_dir / "results.parquet")), heads)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
     out.mkdir(parents=out_dir is not None, exist_ok=True)
     table, md, header, body = render(rows, meta)
+    if diffs:
+        md += "\n" + _markdown(diffs["header"], diffs["body"], diffs["caption"])
     (out / "table.md").write_text(md)
-    swept = json.loads(meta.get("orch.swept", "[]"))
-    gs = groups(rows, swept)
-    write_csv(out / "table.csv", gs, rows)
+    write_csv(out / "table.csv", gs, rows, diffs)
     written = [out / "table.md", out / "table.csv"]
     used = threshold
     if plots:
@@ -866,5 +884,12 @@ def make_report(sweep_dir: str | Path, console: Console | None = None, plots: bo
             written.append(p)
     if console is not None:
         console.print(table)
+        if diffs:
+            dt = Table(title=diffs["caption"])
+            for i, h in enumerate(diffs["header"]):
+                dt.add_column(h, justify="right" if 1 < i < len(diffs["header"]) - 1 else "left", no_wrap=i == 0)
+            for r in diffs["body"]:
+                dt.add_row(*r)
+            console.print(dt)
     return {"table": table, "markdown": md, "header": header, "body": body, "files": written, "rows": rows, "meta": meta,
-            "threshold": used}
+            "threshold": used, "diffs": diffs}
