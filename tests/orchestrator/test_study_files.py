@@ -77,3 +77,11 @@ def test_sat_studies_train_with_pgd1(path: Path, profile: str) -> None:
         m = cfg.method
         assert (m.name, m.params.get("steps")) in (("pgd_at", 1), ("fgsm_rs", None)), (profile, t.name, m.name, dict(m.params))
         assert m.params["alpha_255"] == cfg.threat.eps_255, (profile, t.name, dict(m.params), cfg.threat.eps_255)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
+def test_demo_profiles_evaluate_on_every_test_image(path: Path) -> None:
+    """Issue 12 section 4: the demos report on all held-out test images of their dataset (eval.subset: null), not
+    on the first 200 (digits: 364)."""
+    spec = load_spec(path, profile="demo")
+    assert "subset" in spec.base["eval"] and spec.base["eval"]["subset"] is None, (path.name, spec.base["eval"])
