@@ -253,7 +253,7 @@ def _show_ended(spec: SweepSpec, sdir: Path, counts: dict[str, int], uri: str | 
     if not uri and (sdir / "mlflow.db").exists():
         uri = f"sqlite:///{sdir}/mlflow.db"
     _print_summary(SimpleNamespace(statuses=counts, wall_s=None, tracking_uri=uri if uri != "none" else None, experiment=spec.name,
-                                   parent_run_id=None, tracking_failures=0, unlogged_trials=[]), sdir)
+                                   parent_run_id=None, tracking_failures=0, unlogged_trials=[]), sdir, write=False)
     console.print(f"[bold]this sweep already ran[/] ({', '.join(f'{v} {k}' for k, v in counts.items())}): its results are above. "
                   f"To start afresh, remove {shlex.quote(str(sdir))} (or use another --data-dir or --profile)"
                   + ("; --resume retries the failed trials" if counts.get("failed") else ""), highlight=False, soft_wrap=True)
@@ -261,12 +261,17 @@ def _show_ended(spec: SweepSpec, sdir: Path, counts: dict[str, int], uri: str | 
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_summary(res: Any, sdir: Path) -> None:
-    from orchestrator.report import make_report
+def _print_summary(res: Any, sdir: Path, write: bool = True) -> None:
+    """The sweep's table (the report written first, unless ``write`` is False: then the files already there) and
+    where everything is."""
+    from orchestrator.report import load, make_report, render
 
     try:
-        rep = make_report(sdir, console=console)
-        files = ", ".join(p.name for p in rep["files"])
+        if write:
+            files = ", ".join(p.name for p in make_report(sdir, console=console)["files"])
+        else:
+            console.print(render(*load(sdir / "results.parquet"))[0])
+            files = ", ".join(sorted(p.name for p in (sdir / "report").glob("*") if p.is_file()))
     except FileNotFoundError as e:
         console.print(f"[yellow]{e}[/]")
         files = ""

@@ -120,7 +120,7 @@ class LiveView:
         t = self.trial(key, name, 0)
         t.status = status
         msg = f"{status:6s} {name}"
-        if t.outcome and t.outcome != "finished":
+        if t.outcome and t.outcome not in ("finished", status):
             msg += f" ({t.outcome})"
         if self.metric and self.metric in t.metrics:
             msg += f" {self.metric} {_fmt(t.metrics[self.metric])}"
