@@ -10,8 +10,9 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "orch needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt 2>&1 | grep -v "is ignored: it is neither" || true
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	@echo "installing requirements.txt and requirements-test.txt into $(VENV) (~3 min the first time; progress below)"
+	set -o pipefail; $(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements.txt -r requirements-test.txt 2>&1 | $(PYTHON) tools/pip_progress.py
+	set -o pipefail; $(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | $(PYTHON) tools/pip_progress.py
 	$(PY) -c 'import torch, ray, mlflow, optuna, pyarrow, typer, training, orchestrator'
 	@# headless Chromium for tests/orchestrator/test_browser.py (skipped without it, a failure in CI): Debian's package
 	@command -v chromium >/dev/null 2>&1 || { \

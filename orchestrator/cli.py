@@ -28,6 +28,16 @@ from rich.table import Table
 
 from orchestrator.spec import SpecErrors, SweepSpec, check_resources, check_storage, check_sweep_dir, load_spec, storage_error, tracking_uri_problem
 
+def _flag_type_rich(self: Any, ctx: Any) -> str | None:
+    """Typer prints a `<bool>` type beside every flag (--dry-run, --help): a flag takes no value, so none."""
+    return None if getattr(self, "is_flag", False) else _option_type_rich(self, ctx)
+
+
+from typer.core import TyperOption  # noqa: E402
+
+_option_type_rich = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type_rich  # type: ignore[method-assign]
+
 app = typer.Typer(
     name="orch",
     help="Sweep orchestrator for adversarial-robustness research (Ray Tune + MLflow + Optuna + Arrow).",
@@ -54,7 +64,8 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="Profile under `profiles:` (default: the file's default_profile; 'none': no overlay).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key of the sweep file: base.epochs=2, seeds=3, axes.method.k=[1,40]. Repeatable.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a key of the sweep file: base.epochs=2, seeds=3, axes.method.k=[1,40]. Repeatable. "
+    "A base key that an axis sweeps (base.method.k when method.k is an axis) is refused, since the axis would replace it in every trial: set the axis instead (axes.method.k=[5]).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", envvar="ORCH_DATA_DIR", help="Where sweep folders live (default ./orch_data; env ORCH_DATA_DIR).")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Allow sweeps of more than 1000 trials.")]
 
@@ -65,6 +76,21 @@ def data_dir(path: Path | None) -> Path:
 
 def sweep_dir_for(spec: SweepSpec, ddir: Path | None) -> Path:
     return data_dir(ddir) / "sweeps" / spec.name
+
+
+def orch_command() -> str:
+    """How to run this orch again from here: ``orch`` when that name on PATH is this installation, else this
+    environment's script (``.venv/bin/orch`` below the current folder, its absolute path elsewhere)."""
+    import shutil
+
+    exe = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "orch")
+    found = shutil.which("orch")
+    if found and (not os.path.exists(exe) or os.path.samefile(found, exe)):
+        return "orch"
+    if not os.path.exists(exe):
+        return f"{shlex.quote(sys.executable)} -m orchestrator"
+    rel = os.path.relpath(exe)
+    return shlex.quote(rel if not rel.startswith("..") else exe)
 
 
 def _load(file: Path, profile: str | None, sets: list[str] | None, yes: bool = False, check_configs: bool = True) -> SweepSpec:
@@ -113,9 +139,10 @@ def sweep(
             else:  # planning a GPU sweep on a laptop is fine; running it here is not
                 for x in e.errors:
                     err_console.print(f"[yellow]warning[/]: {x} (a run here would be refused; use --address)", highlight=False)
+    ended = None if (dry_run or resume) else ended_sweep(spec, sdir)
     try:
-        check_sweep_dir(spec, sdir, resume)
-        if not dry_run:
+        if not dry_run and ended is None:  # a dry run writes nothing, so any folder state is fine
+            check_sweep_dir(spec, sdir, resume)
             check_storage(sdir)
     except SpecErrors as e:
         errors += e.errors
@@ -127,12 +154,45 @@ def sweep(
         problem = tracking_uri_problem(uri) or check_reachable(uri)
         if problem:
             errors.append(SpecError("--tracking-uri" if tracking_uri else spec.file, "tracking.uri", uri, problem))
+    if not errors and not address and not dry_run and ended is None:
+        errors += data_problems(spec)  # here, before Ray starts: on a cluster, the data is on the workers
     if errors:
         _bad_input(SpecErrors(errors))
+    if ended is not None:
+        _show_ended(spec, sdir, ended, uri)
+        return
     if dry_run:
         _dry_run(spec, sdir, uri, probe=not no_probe)
         return
     _run(spec, sdir, resume=resume, address=address, tracking_uri=uri, file=file, profile=profile, sets=set_ or [], data_dir_=data_dir_)
+
+
+def data_problems(spec: SweepSpec) -> list:
+    """A SpecError for each distinct dataset of the sweep's trials that cannot be loaded on this machine (files
+    missing, and not downloadable), with the loader's full message: which files, which folder, how to fix."""
+    from training.config import RunConfig
+    from training.data import DatasetUnavailable, check_available
+
+    from orchestrator.space import probe_points
+
+    points = list({json.dumps(t.swept, sort_keys=True, default=str): t.swept for t in spec.trials}.values()) or probe_points(spec.axes)
+    seen: set[str] = set()
+    out = []
+    for p in points:
+        data = RunConfig.from_dict(spec.run_dict(p, spec.seeds[0], name="check", out_dir="/nonexistent/check")).data
+        k = json.dumps(data.__dict__, sort_keys=True, default=str)
+        if k in seen:
+            continue
+        seen.add(k)
+        if data.name not in ("digits", "synthetic"):
+            console.print(f"checking the data: {data.name} in {data.root}" + (" (downloading it if missing)" if data.download else ""), highlight=False)
+        try:
+            check_available(data)
+        except DatasetUnavailable as e:
+            axis = next((a for a in p if a == "data" or a.startswith("data.")), None)
+            out.append(spec.error(("axes", axis) if axis else ("base", "data", "name"), data.name, str(e),
+                                  key=f"axes.{axis}" if axis else "base.data.name"))
+    return out
 
 
 def _run(spec: SweepSpec, sdir: Path, *, resume: bool, address: str | None, tracking_uri: str | None, file: Path,
@@ -140,7 +200,7 @@ def _run(spec: SweepSpec, sdir: Path, *, resume: bool, address: str | None, trac
     from orchestrator.tuner import run_sweep
 
     command = "orch sweep " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["sweep"] else "orch sweep " + str(file)
-    resume_cmd = " ".join(["orch sweep", shlex.quote(str(file))] + (["--profile", profile] if profile else [])
+    resume_cmd = " ".join([f"{orch_command()} sweep", shlex.quote(str(file))] + (["--profile", profile] if profile else [])
                           + [f"--set {shlex.quote(s)}" for s in sets] + (["--data-dir", shlex.quote(str(data_dir_))] if data_dir_ else []) + ["--resume"])
     try:
         res = run_sweep(spec, sweep_dir=sdir, resume=resume, address=address, tracking_uri=tracking_uri, console=console, command=command)
@@ -164,24 +224,67 @@ def _run(spec: SweepSpec, sdir: Path, *, resume: bool, address: str | None, trac
         raise typer.Exit(EXIT_FAILED)
 
 
-def _print_summary(res: Any, sdir: Path) -> None:
-    from orchestrator.report import make_report
+def ended_sweep(spec: SweepSpec, sdir: Path) -> dict[str, int] | None:
+    """The trials' statuses if ``sdir`` holds this very sweep (same digest) and every trial of it ended (finished,
+    failed or stopped); None otherwise (no sweep there, another version of it, or trials left to run)."""
+    from orchestrator.results import read_rows
 
     try:
-        rep = make_report(sdir, console=console)
-        files = ", ".join(p.name for p in rep["files"])
+        state = json.loads((sdir / "sweep.json").read_text())
+        rows, _ = read_rows(sdir / "results.parquet")
+    except (OSError, ValueError):
+        return None
+    if state.get("digest") != spec.digest:
+        return None
+    ended = {r["trial_key"]: r.get("status") for r in rows if r.get("status") in ("finished", "failed", "stopped")}
+    if len(ended) < spec.num_trials or any(t.key not in ended for t in spec.trials):
+        return None
+    counts: dict[str, int] = {}
+    for st in ended.values():
+        counts[st] = counts.get(st, 0) + 1
+    return counts
+
+
+def _show_ended(spec: SweepSpec, sdir: Path, counts: dict[str, int], uri: str | None) -> None:
+    """`orch sweep FILE` on a sweep that already ran to its end: its results and where they are, and how to start
+    afresh, instead of a refusal (so `make demo` can be run again)."""
+    from types import SimpleNamespace
+
+    if not uri and (sdir / "mlflow.db").exists():
+        uri = f"sqlite:///{sdir}/mlflow.db"
+    _print_summary(SimpleNamespace(statuses=counts, wall_s=None, tracking_uri=uri if uri != "none" else None, experiment=spec.name,
+                                   parent_run_id=None, tracking_failures=0, unlogged_trials=[]), sdir, write=False)
+    console.print(f"[bold]this sweep already ran[/] ({', '.join(f'{v} {k}' for k, v in counts.items())}): its results are above. "
+                  f"To start afresh, remove {shlex.quote(str(sdir))} (or use another --data-dir or --profile)"
+                  + ("; --resume retries the failed trials" if counts.get("failed") else ""), highlight=False, soft_wrap=True)
+    if counts.get("failed"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_summary(res: Any, sdir: Path, write: bool = True) -> None:
+    """The sweep's table (the report written first, unless ``write`` is False: then the files already there) and
+    where everything is."""
+    from orchestrator.report import load, make_report, render
+
+    try:
+        if write:
+            files = ", ".join(p.name for p in make_report(sdir, console=console)["files"])
+        else:
+            console.print(render(*load(sdir / "results.parquet"))[0])
+            files = ", ".join(sorted(p.name for p in (sdir / "report").glob("*") if p.is_file()))
     except FileNotFoundError as e:
         console.print(f"[yellow]{e}[/]")
         files = ""
     t = Table(show_header=False, box=None, title="where everything is", title_justify="left")
     t.add_row("sweep folder", str(sdir))
-    t.add_row("results", f"{sdir / 'results.parquet'}  ({', '.join(f'{v} {k}' for k, v in res.statuses.items())}; wall {res.wall_s:.0f} s)")
+    wall = f"; wall {res.wall_s:.0f} s" if res.wall_s is not None else ""
+    t.add_row("results", f"{sdir / 'results.parquet'}  ({', '.join(f'{v} {k}' for k, v in res.statuses.items())}{wall})")
     t.add_row("report", f"{sdir / 'report'}/  {files}")
     t.add_row("trials", f"{sdir / 'trials'}/<trial>/  (checkpoints, metrics.jsonl, results.json)")
     if res.tracking_uri:
-        t.add_row("MLflow", f"{res.tracking_uri}  experiment '{res.experiment}', parent run {res.parent_run_id}")
+        t.add_row("MLflow", f"{res.tracking_uri}  experiment '{res.experiment}'" + (f", parent run {res.parent_run_id}" if res.parent_run_id else ""))
         if res.tracking_uri.startswith("sqlite:"):
-            t.add_row("browse", f"orch ui {sdir}   (= mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1)")
+            t.add_row("browse", f"{orch_command()} ui {shlex.quote(str(sdir))}   (= mlflow ui --backend-store-uri {res.tracking_uri} --host 127.0.0.1)")
         else:
             t.add_row("browse", res.tracking_uri)
     if res.tracking_failures or res.unlogged_trials:
@@ -191,20 +294,39 @@ def _print_summary(res: Any, sdir: Path) -> None:
     console.print(t)
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _folder_state(spec: SweepSpec, sdir: Path) -> str:
+    """What the sweep folder already holds, for the dry run (which neither needs nor changes it)."""
+    if not (sdir / "sweep.json").exists():
+        return ""
+    ended = ended_sweep(spec, sdir)
+    if ended is not None:
+        return f" (this sweep already ran to its end: `{orch_command()} sweep {shlex.quote(spec.file)}` shows its results)"
+    try:
+        same = json.loads((sdir / "sweep.json").read_text()).get("digest") == spec.digest
+    except (OSError, ValueError):
+        same = False
+    return (" (holds this sweep, not finished: --resume continues it)" if same
+            else " (holds another version of this sweep: remove the folder or change the name or profile to run this one)")
+
+
 def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
     from orchestrator.estimate import estimate_sweep, fmt_duration
 
     cpus = float(os.cpu_count() or 1)
     concurrency = spec.max_concurrent_trials or max(1, int(cpus // spec.resources.cpu))
     console.print(f"[bold]{spec.name}[/] ({spec.file}{', profile ' + spec.profile if spec.profile else ''}): {spec.description}".rstrip(": "))
-    console.print(f"search {spec.search.algorithm}, {spec.num_trials} trials = "
-                  + (f"{len(spec.trials) // max(len(spec.seeds), 1)} configs" if spec.trials else f"{spec.search.num_samples} sampled configs")
-                  + f" x {len(spec.seeds)} seeds {spec.seeds}; scheduler {spec.scheduler.name}"
+    console.print(f"search {spec.search.algorithm}, {plural(spec.num_trials, 'trial')} = "
+                  + (plural(len(spec.trials) // max(len(spec.seeds), 1), 'config') if spec.trials else plural(spec.search.num_samples or 0, 'sampled config'))
+                  + f" x {plural(len(spec.seeds), 'seed')} {spec.seeds}; scheduler {spec.scheduler.name}"
                   + (f" (max_t {spec.scheduler.max_t}, grace {spec.scheduler.grace_period}, x{spec.scheduler.reduction_factor:g})" if spec.scheduler.name == "asha" else "")
                   + (f"; metric {spec.metric} ({spec.mode})" if spec.metric else ""), highlight=False)
     console.print(f"resources per trial: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU; up to {concurrency} at a time here "
                   f"({cpus:g} CPUs); retries per trial: {spec.max_failures}; epochs per trial: {', '.join(map(str, spec.epochs))}", highlight=False)
-    console.print(f"sweep folder: {sdir}\nMLflow: {uri or 'sqlite:///' + str(sdir / 'mlflow.db')}", highlight=False)
+    console.print(f"sweep folder: {sdir}{_folder_state(spec, sdir)}\nMLflow: {uri or 'sqlite:///' + str(sdir / 'mlflow.db')}", highlight=False)
     if spec.trials:
         t = Table(title="trials")
         t.add_column("#", justify="right")
@@ -363,12 +485,54 @@ def _sweep_identity(sdir: Path) -> tuple[str, str | None, str]:
     return state.get("name") or sdir.name, resolved.get("metric"), resolved.get("mode") or "max"
 
 
+UI_DEFAULT_PORT = 5000
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on now (taken by another process, an unknown host), or None."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"--host {host}: {e.strerror}"
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sk:
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed port in TIME_WAIT is free
+        try:
+            sk.bind(addr)
+            sk.listen(1)
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
+def pick_port(host: str, port: int | None) -> tuple[int | None, str]:
+    """The port ``orch ui`` serves on, and a line to say about it: the port asked for, if free (else None and
+    the reason: never print addresses another process answers on); without one, 5000 or the next free port."""
+    if port is not None:
+        why = _port_problem(host, port)
+        if why is None:
+            return port, ""
+        taken = "in use" in why
+        return None, (f"cannot serve on {host}:{port}: {why}" + (" (another program, perhaps another `orch ui`, listens there)" if taken else "")
+                      + "; choose another " + ("port with --port N, or leave --port out to take a free one" if taken else "--host or --port"))
+    for p in range(UI_DEFAULT_PORT, UI_DEFAULT_PORT + 100):
+        why = _port_problem(host, p)
+        if why is None:
+            return p, ("" if p == UI_DEFAULT_PORT else f"port {UI_DEFAULT_PORT} on {host} is taken by another program: using {p}")
+        if "in use" not in why:
+            return None, f"cannot serve on {host}:{p}: {why}; choose another --host"
+    return None, f"no free port in {UI_DEFAULT_PORT}-{UI_DEFAULT_PORT + 99} on {host}: choose one with --port N"
+
+
 @app.command()
 def ui(
     target: Annotated[Path, typer.Argument(help="A sweep folder, or its sweep file.")],
     profile: ProfileOpt = None,
     data_dir_: DataDirOpt = None,
-    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, show_default=False,
+        help="Port of the MLflow UI. Default: 5000, or the next free port when 5000 is taken. A port given here that is taken is refused (exit 2).")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on a sweep's local store (mlflow.db + mlartifacts); print its experiment and compare pages."""
@@ -377,6 +541,12 @@ def ui(
     if not db.exists():
         err_console.print(f"[bold red]error[/]: no {db} (did this sweep log to a server? open that instead)")
         raise typer.Exit(EXIT_BAD_INPUT)
+    port, why = pick_port(host, port)
+    if port is None:
+        err_console.print(f"[bold red]error[/]: {why}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if why:
+        console.print(why, highlight=False, soft_wrap=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("localhost" if host == "::" else host)
     base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
     experiment, metric, mode = _sweep_identity(sdir)
@@ -402,6 +572,8 @@ def ui(
     sys.stdout.flush()  # exec replaces this process: what is still buffered (a pipe) would be lost
     sys.stderr.flush()
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    # MLflow's server imports starlette.middleware.wsgi, which warns that it is deprecated: noise for a user of it
+    os.environ["PYTHONWARNINGS"] = ",".join(x for x in (os.environ.get("PYTHONWARNINGS"), "ignore:starlette.middleware.wsgi is deprecated:UserWarning") if x)
     os.execv(sys.executable, cmd)
 
 
@@ -412,12 +584,13 @@ def ui(
 def train(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="A RunConfig YAML (nested sections).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a RunConfig key: method.k=20, epochs=3. Repeatable.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Run folder (default: the config's out_dir).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from <out_dir>/last.pt.")] = False,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Run folder (default: the config's out_dir if it sets one, "
+        "else a new runs/<name>-<date>-<time>). A folder that already holds a run is refused unless --resume: runs are never overwritten.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out-dir (or the config's out_dir) from its last.pt.")] = False,
     help_config: Annotated[bool, typer.Option("--help-config", help="List every config key with its default.")] = False,
 ) -> None:
     """One training run without Ray or MLflow (the training core alone), with a progress bar."""
-    from orchestrator.spec import SpecError, parse_yaml
+    from orchestrator.spec import _MISSING, SpecError, parse_yaml
     from training.config import ConfigError, RunConfig, describe, set_dotted
 
     if help_config:
@@ -443,6 +616,11 @@ def train(
             set_dotted(d, k.strip(), v)
         if out_dir is not None:
             d["out_dir"] = str(out_dir)
+        if "out_dir" not in d:
+            if resume:
+                raise SpecErrors([SpecError("--resume", "out_dir", _MISSING, "which run? name its folder with --out-dir "
+                                            "(each run without one gets a new folder)" + _latest_run_hint())])
+            d["out_dir"] = _new_run_dir(str(d.get("name") or "run"))
         cfg = RunConfig.from_dict(d)
     except ConfigError as e:
         path = tuple(e.key.split("."))
@@ -450,14 +628,26 @@ def train(
         _bad_input(SpecErrors([SpecError(f"{where}:{ln}" if ln else where, e.key, e.value, e.problem, ln)]))
     except SpecErrors as e:
         _bad_input(e)
+    run_dir = Path(cfg.out_dir).expanduser()
+    held = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if held and not resume:
+        _bad_input(SpecErrors([SpecError("--out-dir" if out_dir is not None else where, "out_dir", cfg.out_dir,
+            f"already holds a run ({', '.join(held)}): continue it with --resume, or give another --out-dir "
+            "(without any out_dir each run gets its own new folder); it is not overwritten")]))
+    if resume and not (run_dir / "last.pt").exists():
+        _bad_input(SpecErrors([SpecError("--resume", "out_dir", cfg.out_dir, "no last.pt there: nothing to resume" + _latest_run_hint())]))
     from training import run
 
+    resume_cmd = " ".join([f"{orch_command()} train"] + ([f"--config {shlex.quote(str(config))}"] if config else [])
+                          + [f"--set {shlex.quote(x)}" for x in set_ or [] if not x.strip().startswith("out_dir=")]
+                          + [f"--out-dir {shlex.quote(str(cfg.out_dir))}", "--resume"])
+    console.print(f"run folder: {run_dir}", highlight=False)
     final: dict[str, Any] = {}
     try:
         for rec in run(cfg, resume=cfg.out_dir if resume else None, progress=True):
             final = rec
     except KeyboardInterrupt:
-        err_console.print(f"\n[yellow]interrupted[/]: resume with  orch train --config {config} --out-dir {cfg.out_dir} --resume")
+        err_console.print(f"\n[yellow]interrupted[/]: resume with  {resume_cmd}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     t = Table(title=f"{cfg.name}: {final.get('outcome')} (best epoch {final.get('best_epoch')})")
     t.add_column("metric")
@@ -470,6 +660,28 @@ def train(
     console.print(f"results: {Path(cfg.out_dir).expanduser() / 'results.json'}")
     if final.get("outcome") == "diverged":
         raise typer.Exit(EXIT_FAILED)
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "results.json")  # what makes a folder a run
+RUNS_DIR = Path("runs")
+
+
+def _new_run_dir(name: str) -> str:
+    """``runs/<name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``, ... if two runs start in the same second)."""
+    import re
+    import time
+
+    stem = RUNS_DIR / f"{re.sub(r'[^A-Za-z0-9_.=,-]+', '_', name).strip('._') or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    d, i = stem, 1
+    while d.exists():
+        i += 1
+        d = stem.with_name(f"{stem.name}-{i}")
+    return str(d)
+
+
+def _latest_run_hint() -> str:
+    runs = sorted((p for p in RUNS_DIR.glob("*") if (p / "last.pt").exists()), key=lambda p: p.stat().st_mtime) if RUNS_DIR.is_dir() else []
+    return f"; the latest run here is --out-dir {shlex.quote(str(runs[-1]))}" if runs else ""
 
 
 def main() -> None:  # `python -m orchestrator`

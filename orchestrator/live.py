@@ -120,20 +120,27 @@ class LiveView:
         t = self.trial(key, name, 0)
         t.status = status
         msg = f"{status:6s} {name}"
-        if t.outcome and t.outcome != "finished":
+        if t.outcome and t.outcome not in ("finished", status):
             msg += f" ({t.outcome})"
         if self.metric and self.metric in t.metrics:
             msg += f" {self.metric} {_fmt(t.metrics[self.metric])}"
-        if error:
-            msg += f": {error.strip().splitlines()[-1][:200]}"
-        self._line(msg)
+        self._line(msg + (":" if error else ""))
+        self._error(error)
         self.refresh()
 
     def error(self, key: str, name: str, error: str, will_retry: bool) -> None:
         t = self.trial(key, name, 0)
         t.status = "retrying" if will_retry else "failed"
-        self._line(f"{'retry ' if will_retry else 'failed'} {name}: {error.strip().splitlines()[-1][:200] if error else ''}")
+        self._line(f"{'retry ' if will_retry else 'failed'} {name}" + (":" if error else ""))
+        self._error(error)
         self.refresh()
+
+    def _error(self, error: str | None) -> None:
+        """The error's message (the last line of a traceback) in full, on its own line: never cut before the
+        fix it ends with. Above the live table on a terminal."""
+        lines = [x for x in (error or "").strip().splitlines() if x.strip()]
+        if lines:
+            self.console.print(f"    {lines[-1].strip()}", highlight=False, markup=False, soft_wrap=True)
 
     # ------------------------------------------------------------------ estimates
     def _mean_epoch_s(self) -> float | None:

@@ -404,9 +404,10 @@ def load_spec(
 
     # ---------------------------------------------------------------- --set
     errors: list[SpecError] = []
+    set_paths: list[tuple[str, Path_, Any]] = []  # (the --set text, its path, its value)
     for s in sets:
         try:
-            _apply_set(doc, s, origins)
+            set_paths.append((s, *_apply_set(doc, s, origins)))
         except SpecError as e:
             errors.append(e)
     if errors:
@@ -418,9 +419,19 @@ def load_spec(
     except ValidationError as e:
         errors = _pydantic_errors(e, origins)
         # report the axes' and seeds' problems in the same pass (they don't depend on the rest)
-        if isinstance(doc.get("axes"), dict):
-            _parse_axes(doc["axes"], origins, errors)
+        axes_ = _parse_axes(doc["axes"], origins, errors) if isinstance(doc.get("axes"), dict) else []
         _parse_seeds(doc.get("seeds", _MISSING), doc.get("base") if isinstance(doc.get("base"), dict) else {}, origins, errors)
+        if isinstance(doc.get("base"), dict):  # and the run config's, so that every typo is reported at once
+            point = (probe_points(axes_) or [{}])[0]
+            d = json.loads(json.dumps({**doc["base"], "seed": 0, "name": "validate", "out_dir": "/nonexistent/validate"}, default=str))
+            from training.config import ConfigError, set_dotted
+
+            try:
+                for k, v in point.items():
+                    set_dotted(d, k, json.loads(json.dumps(v)))
+            except ConfigError:
+                pass  # a section that is not one: reported by the full check once the structure is right
+            errors += [_config_error(None, origins, e, point, "") for e in config_problems(d)[1]]
         raise SpecErrors(errors) from None
     errors = []
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", model.name) or ".." in model.name:
@@ -439,6 +450,7 @@ def load_spec(
 
     seeds = _parse_seeds(doc.get("seeds", _MISSING), model.base, origins, errors)
     axes = _parse_axes(model.axes, origins, errors)
+    errors += _sets_under_axes(set_paths, axes, model.base, origins)
     alg = model.search.algorithm
     if alg == "grid":
         if model.search.num_samples not in (None, 1):
@@ -537,6 +549,52 @@ def _apply_set(doc: dict[str, Any], text: str, origins: _Origins) -> None:
     for p in list(origins.map):
         if len(p) > len(path) and p[: len(path)] == path:
             origins.map[p] = (where, None)
+    return path, value
+
+
+def _sets_under_axes(sets: list[tuple[str, Path_, Any]], axes: list[Axis], base: dict[str, Any], origins: _Origins) -> list[SpecError]:
+    """Refuse a ``--set base.K=V`` whose value an axis replaces in every trial (``base.method.k`` when ``method.k``
+    is swept): it would be accepted and have no effect. The value is still checked first, so a bad one gets its
+    own message (``base.method.k=abc``: an integer is expected)."""
+    from training.config import ConfigError, RunConfig, set_dotted
+
+    out = []
+    for text, path, value in sets:
+        if path[:1] != ("base",) or len(path) < 2:
+            continue
+        key = ".".join(str(p) for p in path[1:])
+        for ax in axes:
+            hidden = key == ax.key or key.startswith(ax.key + ".")
+            if not hidden and ax.key.startswith(key + "."):  # a whole section set: does it hold the swept key?
+                sub: Any = value
+                for part in ax.key[len(key) + 1:].split("."):
+                    sub = sub.get(part, _MISSING) if isinstance(sub, dict) else _MISSING
+                hidden = sub is not _MISSING
+            if not hidden:
+                continue
+            problem = None
+            try:  # the value where it would land, beside the swept values of the first point
+                d = json.loads(json.dumps(base))
+                for k, v in (probe_points(axes) or [{}])[0].items():
+                    set_dotted(d, k, json.loads(json.dumps(v)))
+                set_dotted(d, key, json.loads(json.dumps(value)))
+                RunConfig.from_dict({**d, "seed": 0, "name": "check", "out_dir": "/nonexistent/check"})
+            except ConfigError as e:
+                if e.key == key or e.key.startswith(key + ".") or key.startswith(e.key + "."):
+                    problem = e.problem
+            except Exception:  # noqa: BLE001 - anything else is for the full check of every trial
+                pass
+            if problem is None:
+                vals = ax.describe()
+                sub = ax.key[len(key) + 1:] if ax.key.startswith(key + ".") else ""
+                change = (f"--set 'axes.{ax.key}=[{json.dumps(value)}]'" if ax.key == key and ax.discrete
+                          else f"--set 'axes.{ax.key}=[...]'")
+                problem = (f"'{ax.key}' is an axis of this sweep ({vals}, {origins.locate(('axes', ax.key))[0]}), which sets it "
+                           f"in every trial, so this --set{' (its ' + sub + ')' if sub else ''} would have no effect; "
+                           f"to change the swept values, set the axis: {change}")
+            out.append(SpecError(f"--set {text}", f"base.{key}", value, problem))
+            break
+    return out
 
 
 def _parse_seeds(raw: Any, base: Mapping[str, Any], origins: _Origins, errors: list[SpecError]) -> list[int]:
@@ -682,10 +740,34 @@ def _config_error(spec: SweepSpec, origins: _Origins, e: Any, swept: Mapping[str
     return SpecError(where, f"base.{e.key}", e.value, e.problem, ln)
 
 
-def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
-    """Build the RunConfig of every trial (or of every probe point) and check the metric; raise SpecErrors."""
+def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]:
+    """``(RunConfig, [])``, or ``(None, every ConfigError)``: the RunConfig names its first problem only, so each
+    offending key is taken out (a wrong ``X.name``: its whole section) and the rest checked again, and two typos
+    in one file are both reported."""
     from training.config import ConfigError, RunConfig
 
+    d = json.loads(json.dumps(d))
+    errs: list[ConfigError] = []
+    for _ in range(limit):
+        try:
+            cfg = RunConfig.from_dict(d)
+            return (None if errs else cfg), errs
+        except ConfigError as e:
+            errs.append(e)
+            parts = re.sub(r"\[\d+\].*$", "", e.key).split(".")
+            if len(parts) > 1 and parts[-1] == "name":
+                parts = parts[:-1]  # another method, model, dataset: its parameters no longer apply
+            cur: Any = d
+            for p in parts[:-1]:
+                cur = cur.get(p) if isinstance(cur, dict) else None
+            if not isinstance(cur, dict) or parts[-1] not in cur:
+                break  # not a key of the document (a check across keys): nothing to take out
+            del cur[parts[-1]]
+    return None, errs
+
+
+def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
+    """Build the RunConfig of every trial (or of every probe point) and check the metric; raise SpecErrors."""
     if spec.trials:
         points = []
         seen: set[str] = set()
@@ -700,13 +782,12 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
     configs = []
     for p in points:
         label = trial_name(p, spec.seeds[0]) if p else ""
-        try:
-            cfg = RunConfig.from_dict(spec.run_dict(p, spec.seeds[0], name="validate", out_dir="/nonexistent/validate"))
-        except ConfigError as e:
+        cfg, errs = config_problems(spec.run_dict(p, spec.seeds[0], name="validate", out_dir="/nonexistent/validate"))
+        for e in errs:
             err = _config_error(spec, origins, e, p, label)
             errors.setdefault((err.key, e.problem), err)
-            continue
-        configs.append((label, cfg))
+        if cfg is not None:
+            configs.append((label, cfg))
     if errors:
         raise SpecErrors(list(errors.values()))
     spec.epochs = sorted({c.data_epochs for _, c in configs})  # the epochs trials report (ASHA's time axis)

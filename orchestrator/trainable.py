@@ -41,6 +41,14 @@ from pathlib import Path
 from typing import Any
 
 CRASH_ONCE_ENV = "ORCH_TEST_CRASH_ONCE"
+ERROR_KEY = "orch/error"  # in a trial's last result: it failed with an error a retry would repeat (the message)
+
+
+def _deterministic() -> tuple[type[Exception], ...]:
+    from training.config import ConfigError
+    from training.data import DatasetUnavailable
+
+    return (DatasetUnavailable, ConfigError)
 LOCK_WAIT_S = 120.0  # how long a restarted trial waits for a predecessor worker to die
 # files of a trial folder that a checkpoint carries (everything run() needs to resume, and its results)
 CHECKPOINT_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "results.json", "orch_trial.json", "orch_state.json")
@@ -80,6 +88,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     from training import run
     from training.config import RunConfig
 
+    DETERMINISTIC = _deterministic()  # errors a retry repeats: data that is not there, a bad config
     t_start = time.time()
     trial = config["trial"]
     out_dir = trial_dir(ctx.trials_dir, trial["name"], trial["key"])
@@ -119,10 +128,14 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         report.t = t_start  # type: ignore[attr-defined]
         for i, rec in enumerate(replay):
             report(rec, with_checkpoint=(i == len(replay) - 1), **{"orch/replayed": 1})
-        for rec in run(cfg, resume=resume):
-            report(rec)
-            if ctx.crash_once and not rec.get("final"):
-                _maybe_crash(ctx.crash_once, trial["name"])
+        try:
+            for rec in run(cfg, resume=resume):
+                report(rec)
+                if ctx.crash_once and not rec.get("final"):
+                    _maybe_crash(ctx.crash_once, trial["name"])
+        except DETERMINISTIC as e:
+            # the same error on every attempt: end the trial now, failed, instead of letting FailureConfig retry it
+            report({"final": True, "outcome": "failed", ERROR_KEY: f"{type(e).__name__}: {e}"}, with_checkpoint=False)
     except OSError as e:
         from orchestrator.spec import STORAGE_ERRNOS
 

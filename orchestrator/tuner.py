@@ -82,7 +82,7 @@ from orchestrator.live import LiveView  # noqa: E402
 from orchestrator.results import ResultsFile, trial_row  # noqa: E402
 from orchestrator.spec import EPOCH_METRICS, SweepSpec, trial_key  # noqa: E402
 from orchestrator.space import optuna_space, trial_name  # noqa: E402
-from orchestrator.trainable import CRASH_ONCE_ENV, TrialContext, run_config_dict, train_trial, trial_dir  # noqa: E402
+from orchestrator.trainable import CRASH_ONCE_ENV, ERROR_KEY, TrialContext, run_config_dict, train_trial, trial_dir  # noqa: E402
 
 log = logging.getLogger("orch.tuner")
 # our live view and summary say what matters; these loggers repeat it (or warn about the result.json /
@@ -93,6 +93,16 @@ for _lg, _lvl in (("ray.tune", logging.WARNING), ("ray.tune.analysis.experiment_
                   # view prints its last line (and the retry)
                   ("ray.tune.execution.tune_controller", logging.CRITICAL)):
     logging.getLogger(_lg).setLevel(_lvl)
+
+
+class _NoRayResumeHint(logging.Filter):
+    """Tune's "Resume experiment with: Tuner.restore(...)" after an interrupt: orch prints its own resume command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_NoRayResumeHint())
 EXPERIMENT = "ray"  # <sweep>/ray/ is Tune's experiment folder
 
 
@@ -329,6 +339,10 @@ class SweepCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         i = self._info(trial)
         last = i.final or trial.last_result or {}
+        if last.get(ERROR_KEY):  # ended by an error a retry would repeat (trainable.DETERMINISTIC): failed, not retried
+            self.record(trial.config["trial"], trial.trial_id, trial.checkpoint, last, "failed", error=last[ERROR_KEY])
+            self.live.finished(i.key, i.name, "failed", last[ERROR_KEY])
+            return
         status = "finished" if last.get("final") else "stopped"
         self.record(trial.config["trial"], trial.trial_id, trial.checkpoint, last, status)
         self.live.finished(i.key, i.name, "done" if status == "finished" else "stopped")
@@ -776,13 +790,13 @@ def _reconcile(spec: SweepSpec, handler: SweepCallback, grid: Any, results: Resu
         if not t:
             continue
         last = r.metrics or {}
-        status = "failed" if r.error is not None else ("finished" if last.get("final") else None)
+        status = "failed" if (r.error is not None or last.get(ERROR_KEY)) else ("finished" if last.get("final") else None)
         row = results.rows.get(t["key"])
         logged = (handler.tracker is None or t["key"] in handler.deferred
                   or handler.tracker.finished_with(t["key"], "FAILED" if status == "failed" else "FINISHED"))
         if status is None or (row is not None and row.get("status") == status and logged):
             continue
-        handler.record(t, last.get("trial_id", ""), r.checkpoint, last, status, error=str(r.error) if r.error else None, write=False)
+        handler.record(t, last.get("trial_id", ""), r.checkpoint, last, status, error=str(r.error) if r.error else last.get(ERROR_KEY), write=False)
         changed = True
     if changed:
         results.write()

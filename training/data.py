@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from training.config import DataConfig
+from training.config import ConfigError, DataConfig
 from training.registry import DATASETS
 
 
@@ -141,7 +141,7 @@ def make_train_loader(data: Data, cfg: DataConfig, batch_size: int, seed: int, d
 def _split_val(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
     """Hold ``val_size`` images out of the training set (a fixed seeded permutation, as Rice et al.)."""
     if val_size >= len(y):
-        raise ValueError(f"data.val_size={val_size} leaves no training images (training set has {len(y)})")
+        raise ConfigError("data.val_size", val_size, f"leaves no training images (the training set has {len(y)})")
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     val, tr = perm[:val_size], perm[val_size:]
     return x[tr], y[tr], x[val], y[val]
@@ -230,13 +230,95 @@ _TV = {
     "svhn": ("SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "train_32x32.mat and test_32x32.mat"),
     "mnist": ("MNIST", (0.1307,), (0.3081,), "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte(.gz)"),
 }
+# CIFAR's "python version" (https://www.cs.toronto.edu/~kriz/cifar.html): name -> (folder under data.root,
+# training files, test files, meta file, label key). Read here directly (pickled dicts: data uint8 N x 3072 in
+# channel-major order, and labels), so any copy in that layout loads; torchvision only downloads it.
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta", "labels"),
+    "cifar100": ("cifar-100-python", ("train",), ("test",), "meta", "fine_labels"),
+}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+def _unavailable(name: str, root: str, what: str, download: bool, err: Exception | None) -> DatasetUnavailable:
+    files = _TV[name][3]
+    how = (f" data.download is true, and the download failed ({type(err).__name__}: {err}): no network access here?"
+           if download and err is not None else " With network access, data.download: true fetches them." if not download else "")
+    return DatasetUnavailable(
+        f"data.name={name!r}: {what} in data.root={root!r}. Put {files} into {root} (or set data.root to the folder "
+        f"that holds {files.split(' or ')[-1]}).{how}")
+
+
+def _cifar_folder(name: str, cfg: DataConfig) -> Path:
+    """The dataset's folder, complete (downloaded first when it is not and data.download allows)."""
+    folder_name, train_files, test_files, meta, _ = _CIFAR[name]
+    root = os.path.expanduser(cfg.root)
+    folder = Path(root) / folder_name
+    need = (*train_files, *test_files, meta)
+    missing = [f for f in need if not (folder / f).is_file()]
+    err = None
+    if missing and cfg.download:
+        import torchvision
+
+        try:  # fetches and checks the archive (md5) and unpacks it into root/<folder_name>
+            getattr(torchvision.datasets, _TV[name][0])(root, train=False, download=True)
+        except Exception as e:  # noqa: BLE001 - no network, corrupt archive
+            err = e
+        missing = [f for f in need if not (folder / f).is_file()]
+    if missing:
+        raise _unavailable(name, root, f"no {', '.join(missing)} in {folder}", cfg.download, err or (RuntimeError("incomplete download") if cfg.download else None))
+    return folder
+
+
+def _read_cifar(name: str, folder: Path, files: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    import pickle
+
+    import numpy as np
+
+    label_key = _CIFAR[name][4]
+    xs, ys = [], []
+    for f in files:
+        try:
+            with open(folder / f, "rb") as fh:
+                entry = pickle.load(fh, encoding="bytes")  # the files were written by Python 2: bytes keys
+            entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+            x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(entry[label_key], dtype=np.int64)
+        except Exception as e:  # noqa: BLE001 - truncated file, another layout
+            raise DatasetUnavailable(f"data.name={name!r}: {folder / f} is not a CIFAR python batch ({type(e).__name__}: {e}); "
+                                     f"replace it with the file from {CIFAR_URL}") from None
+        if len(x) != len(y):
+            raise DatasetUnavailable(f"data.name={name!r}: {folder / f} has {len(x)} images and {len(y)} labels")
+        xs.append(x)
+        ys.append(y)
+    return torch.from_numpy(np.concatenate(xs)).float().div_(255.0), torch.from_numpy(np.concatenate(ys))
 
 
 def _torchvision(name: str, cfg: DataConfig) -> Data:
+    cls_name, mean, std, files = _TV[name]
+    if name in _CIFAR:
+        folder = _cifar_folder(name, cfg)
+        (tx, ty), (ex, ey) = _read_cifar(name, folder, _CIFAR[name][1]), _read_cifar(name, folder, _CIFAR[name][2])
+        return _finish(cfg, tx, ty, ex, ey, 100 if name == "cifar100" else 10, mean, std)
+    tr, te = _tv_splits(name, cfg)
+
+    def tensors(ds):
+        x = torch.as_tensor(ds.data)
+        if x.ndim == 3:  # MNIST (N, H, W)
+            x = x.unsqueeze(1)
+        elif x.shape[-1] == 3:  # (N, H, W, C)
+            x = x.permute(0, 3, 1, 2)
+        y = torch.as_tensor(ds.labels if hasattr(ds, "labels") else ds.targets, dtype=torch.int64)
+        return x.float().div_(255.0), y
+
+    (tx, ty), (ex, ey) = tensors(tr), tensors(te)
+    return _finish(cfg, tx, ty, ex, ey, 10, mean, std)
+
+
+def _tv_splits(name: str, cfg: DataConfig):
     import torchvision
 
-    cls_name, mean, std, files = _TV[name]
-    cls = getattr(torchvision.datasets, cls_name)
+    cls = getattr(torchvision.datasets, _TV[name][0])
     root = os.path.expanduser(cfg.root)
 
     def get(train: bool):
@@ -244,25 +326,22 @@ def _torchvision(name: str, cfg: DataConfig) -> Data:
         try:
             return cls(root, download=cfg.download, **kw)
         except Exception as e:  # no network, corrupt archive, missing files
-            raise DatasetUnavailable(
-                f"data.name={name!r}: could not load the dataset from data.root={root!r} "
-                f"({type(e).__name__}: {e}). Put {files} into {root} (or set data.root to where they are); "
-                f"with network access, data.download: true fetches them."
-            ) from None
+            raise _unavailable(name, root, f"could not load the dataset ({type(e).__name__}: {e})", cfg.download,
+                               e if cfg.download else None) from None
 
-    tr, te = get(True), get(False)
+    return get(True), get(False)
 
-    def tensors(ds):
-        x = torch.as_tensor(ds.data)
-        if x.ndim == 3:  # MNIST (N, H, W)
-            x = x.unsqueeze(1)
-        elif x.shape[-1] == 3:  # CIFAR (N, H, W, C)
-            x = x.permute(0, 3, 1, 2)
-        y = torch.as_tensor(ds.labels if hasattr(ds, "labels") else ds.targets, dtype=torch.int64)
-        return x.float().div_(255.0), y
 
-    (tx, ty), (ex, ey) = tensors(tr), tensors(te)
-    return _finish(cfg, tx, ty, ex, ey, 100 if name == "cifar100" else 10, mean, std)
+def check_available(cfg: DataConfig) -> None:
+    """Raise :class:`DatasetUnavailable` (what is missing, where, how to fix) unless ``cfg``'s dataset can be
+    loaded here, downloading it first when it is missing and ``data.download`` allows. Cheap: the files are
+    found, not read (the embedded and generated datasets always can)."""
+    if cfg.name in _CIFAR:
+        _cifar_folder(cfg.name, cfg)
+    elif cfg.name in _TV:
+        _tv_splits(cfg.name, cfg)
+    elif cfg.name == "imagefolder":
+        _imagefolder_dirs(cfg)
 
 
 for _name in _TV:
@@ -280,13 +359,7 @@ def load_imagefolder(cfg: DataConfig) -> Data:
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
-    root = Path(os.path.expanduser(cfg.root))
-    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
-    if not (root / "train").is_dir() or test_dir is None:
-        raise DatasetUnavailable(
-            f"data.name='imagefolder': expected {root}/train/<class>/<images> and {root}/val/<class>/<images> "
-            f"(or {root}/test/...); set data.root to the folder that holds them"
-        )
+    root, test_dir = _imagefolder_dirs(cfg)
     s = cfg.image_size or 64
     train_tf = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip(), T.ToTensor()] if cfg.augment else [T.Resize(s), T.CenterCrop(s), T.ToTensor()])
     eval_tf = T.Compose([T.Resize(int(round(s / 0.875))), T.CenterCrop(s), T.ToTensor()])
@@ -311,6 +384,17 @@ def load_imagefolder(cfg: DataConfig) -> Data:
     ex, ey = stack(test_ds)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     return Data(None, None, vx, vy, ex, ey, len(train_full.classes), 3, s, mean, std, train_dataset=train_ds)
+
+
+def _imagefolder_dirs(cfg: DataConfig) -> tuple[Path, Path]:
+    root = Path(os.path.expanduser(cfg.root))
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DatasetUnavailable(
+            f"data.name='imagefolder': expected {root}/train/<class>/<images> and {root}/val/<class>/<images> "
+            f"(or {root}/test/...); set data.root to the folder that holds them"
+        )
+    return root, test_dir
 
 
 def load(cfg: DataConfig) -> Data:

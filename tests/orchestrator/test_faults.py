@@ -134,6 +134,7 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(write_sweep, tmp_pat
     text = out.read_text()
     assert rc == 130, text
     assert "Resume with" in text and f"orch sweep {f} --data-dir {data} --resume" in text
+    assert "Tuner.restore" not in text, text  # orch's resume command only, not Ray's own beside it
     sdir = data / "sweeps" / "interrupted"
     assert list(sdir.glob("ray/*/checkpoint_*")), "checkpoints are kept"
     mlflow.set_tracking_uri(f"sqlite:///{sdir}/mlflow.db")

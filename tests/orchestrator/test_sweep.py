@@ -94,8 +94,9 @@ def test_report_table_markdown_csv_and_plots(grid_sweep, cli) -> None:
     assert res2.exit_code == 0 and "k=40" in res2.output
 
 
-def test_starting_the_same_sweep_again_is_refused(grid_sweep, cli) -> None:
-    res = cli("sweep", grid_sweep["file"], "--data-dir", grid_sweep["data"])
+def test_starting_a_changed_sweep_over_a_finished_one_is_refused(grid_sweep, cli) -> None:
+    # the same sweep again shows its results (test_newcomer.py); another version of it in its folder is refused
+    res = cli("sweep", grid_sweep["file"], "--data-dir", grid_sweep["data"], "--set", "seeds=3")
     assert res.exit_code == 2 and "--resume" in res.output
 
 
