@@ -275,6 +275,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
             "time/images_per_s": seen / epoch_s if epoch_s > 0 else float("nan"),
             "time/train_s": state["train_s"],
             "co/detected": int(co),
+            **{f"method/{k}": v for k, v in method.counters().items()},
         }
         rollback = co and cfg.co.rollback
         if rollback:

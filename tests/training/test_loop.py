@@ -140,3 +140,13 @@ def test_co_signature_rule():
     assert not co_signature(0.45, 0.50, 0.40, 0.70, 0.2)  # small dip
     assert not co_signature(0.45, 0.80, 0.05, 0.30, 0.2)  # everything collapses: divergence, not CO
     assert not co_signature(float("-inf"), None, 0.0, 0.1, 0.2)  # first epoch
+
+
+def test_sdi_records_its_generator_updates_every_epoch(tmp_path):
+    """FGSM-SDI's generator updates (every k-th batch of each epoch: ceil(batches / k) per epoch) are in every
+    epoch record as ``method/gen_steps``, so a k study can report how much its generator trained."""
+    cfg = tiny(tmp_path, **{"method.name": "fgsm_sdi", "method.k": 5, "method.gen_width": 8, "epochs": 2})
+    recs = list(run(cfg))
+    batches = -(-800 // 64)  # 13 batches an epoch: generator steps at batches 0, 5, 10
+    assert [r["method/gen_steps"] for r in recs[:-1]] == [3, 6] == [-(-batches // 5) * e for e in (1, 2)]
+    assert "method/gen_steps" not in list(run(tiny(tmp_path / "rs", epochs=1)))[0]  # only methods that count

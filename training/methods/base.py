@@ -108,6 +108,10 @@ class Method:
         examples), ``n`` (batch size)."""
         raise NotImplementedError
 
+    def counters(self) -> dict[str, int]:
+        """Running counts the loop records every epoch as ``method/<name>`` (FGSM-SDI: ``gen_steps``)."""
+        return {}
+
     # method state that must survive a resume (generator, persistent δ, ...)
     def state_dict(self) -> dict[str, Any]:
         return {}

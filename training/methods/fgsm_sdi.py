@@ -135,6 +135,9 @@ class FGSMSDI(Method):
         loss, logits = ctx.train_on(x + delta, y, loss_fn=self._loss)
         return self.stats(loss, logits, y)
 
+    def counters(self):
+        return {"gen_steps": self.gen_steps}  # generator updates so far: ceil(batches / k) per epoch
+
     def state_dict(self):
         if self.gen is None:
             return {}
