@@ -44,6 +44,8 @@ THESIS_COLUMNS = (
     ("C&W", "cw@{eps}"), ("APGD", "apgd_ce@{eps}"), ("AA", "aa@{eps}"),
 )
 EXTRA_COLUMNS = (("FGSM", "fgsm@{eps}"), ("APGD-T", "apgd_t@{eps}"), ("FAB-T", "fab_t@{eps}"), ("Square", "square@{eps}"))
+# counts a method records every epoch (``method/<name>``), shown as a column when some trial has them
+COUNT_COLUMNS = (("Gen. updates", "epoch/method/gen_steps"),)
 CURVE_KEYS = (("val/pgd_acc", "val PGD-10 acc (%)"), ("val/clean_acc", "val clean acc (%)"), ("train/pgd_acc", "train-batch PGD-10 acc (%)"), ("train/loss", "train loss"))
 
 
@@ -80,7 +82,10 @@ class Group:
         for r in self.rows:
             c[r.get("outcome") or "?"] = c.get(r.get("outcome") or "?", 0) + 1
         short = {"finished": "ok", "catastrophic_overfitting": "CO", "diverged": "div", "failed": "fail", "stopped": "stop"}
-        return " ".join(f"{n} {short.get(k, k)}" for k, n in sorted(c.items(), key=lambda kv: kv[0] != "finished"))
+        co = sorted(r["co_epoch"] for r in self.rows if isinstance(r.get("co_epoch"), int))
+        where = f" (epoch {', '.join(map(str, co))})" if co else ""  # catastrophic overfitting: at which epochs
+        return " ".join(f"{n} {short.get(k, k)}" + (where if k == "catastrophic_overfitting" else "")
+                        for k, n in sorted(c.items(), key=lambda kv: kv[0] != "finished"))
 
 
 def load(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -280,8 +285,20 @@ def _minutes(s: tuple[float, float, int] | None) -> str:
     return f"{m / 60:.2f}" + (f" ± {sd / 60:.2f}" if n > 1 else "")
 
 
-def table_rows(gs: list[Group], cols: list[tuple[str, str]]) -> list[list[str]]:
-    """[config, checkpoint, *columns, train min, n seeds, outcomes] per group and checkpoint."""
+def _count(s: tuple[float, float, int] | None) -> str:
+    if s is None:
+        return "–"
+    m, sd, n = s
+    return f"{m:.0f}" + (f" ± {sd:.0f}" if n > 1 and sd else "")
+
+
+def count_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    present = {k for r in rows for k in r if r.get(k) is not None}
+    return [(label, key) for label, key in COUNT_COLUMNS if key in present]
+
+
+def table_rows(gs: list[Group], cols: list[tuple[str, str]], counts: list[tuple[str, str]] = ()) -> list[list[str]]:
+    """[config, checkpoint, *columns, train min, *counts, n seeds, outcomes] per group and checkpoint."""
     out = []
     for g in gs:
         n = len(out)
@@ -290,11 +307,12 @@ def table_rows(gs: list[Group], cols: list[tuple[str, str]]) -> list[list[str]]:
                 continue
             row = [g.label if ck == "best" or not out or out[-1][0] != g.label else "", ck.capitalize()]
             row += [_pct(g.stats(f"{ck}/{c}")) for _, c in cols]
-            row += [_minutes(g.stats("time/train_s")), str(len(g.good())), g.outcomes()] if ck == "best" else ["", "", ""]
+            tail = [_minutes(g.stats("time/train_s")), *[_count(g.stats(k)) for _, k in counts], str(len(g.good())), g.outcomes()]
+            row += tail if ck == "best" else [""] * len(tail)
             out.append(row)
         if len(out) == n:  # no numbers: every trial failed, or diverged before its first checkpoint
             out.append([g.label, "–", *["–"] * len(cols), _minutes(g.stats("time/train_s")) if g.good() else "–",
-                        str(len(g.good())), g.outcomes()])
+                        *["–"] * len(counts), str(len(g.good())), g.outcomes()])
     return out
 
 
@@ -303,22 +321,23 @@ def render(rows: list[dict[str, Any]], meta: dict[str, str], title: str = "") ->
     eps = eps_of(rows)
     cols = columns_present(rows, eps)
     gs = groups(rows, swept)
-    header = ["Config", "Ckpt", *[label for label, _ in cols], "Train (min)", "Seeds", "Outcomes"]
-    body = table_rows(gs, cols)
+    counts = count_columns(rows)
+    header = ["Config", "Ckpt", *[label for label, _ in cols], "Train (min)", *[label for label, _ in counts], "Seeds", "Outcomes"]
+    body = table_rows(gs, cols, counts)
     t = Table(title=title or f"{meta.get('orch.sweep', 'sweep')}: accuracy (%) at ε = {eps}/255, mean ± std over seeds")
     for i, h in enumerate(header):
         t.add_column(h, justify="left" if i < 2 or h == "Outcomes" else "right", no_wrap=i == 0)
-    best = _best_cells(body, header)
+    best = _best_cells(body, header, len(cols))
     for r in body:
         t.add_row(*[f"[bold]{c}[/]" if (id(r), j) in best else c for j, c in enumerate(r)])
     md = _markdown(header, body, title or f"accuracy (%) at ε = {eps}/255, mean ± std over seeds")
     return t, md, header, body
 
 
-def _best_cells(body: list[list[str]], header: list[str]) -> set[tuple[int, int]]:
+def _best_cells(body: list[list[str]], header: list[str], n_acc: int) -> set[tuple[int, int]]:
     """The highest mean per accuracy column and checkpoint (bold, like the thesis's tables)."""
     marks: set[tuple[int, int]] = set()
-    for j in range(2, len(header) - 3):
+    for j in range(2, 2 + n_acc):
         for ck in ("Best", "Last"):
             cand = [(float(r[j].split(" ")[0]), id(r)) for r in body if r[1] == ck and r[j] not in ("–", "")]
             if len(cand) > 1:

@@ -441,3 +441,28 @@ def test_curves_plot_accuracies_in_percent(tmp_path: Path, monkeypatch) -> None:
                              tmp_path / "trial.png")
     assert panels["trial"] == {"val PGD-10 acc (%)": 25.0, "val clean acc (%)": 50.0, "train-batch PGD-10 acc (%)": 30.0,
                                "train loss": 1.5}
+
+
+def test_table_names_the_co_epochs_and_counts_generator_updates() -> None:
+    """The table says at which epoch each catastrophically overfitting trial collapsed, and shows FGSM-SDI's
+    generator updates (the last epoch's ``method/gen_steps``) as a column when trials recorded them."""
+    from orchestrator.report import render
+
+    def row(k: int, seed: int, co: int | None, gen: int | None) -> dict[str, Any]:
+        r = {"status": "finished", "outcome": "catastrophic_overfitting" if co else "finished", "co_epoch": co,
+             "seed": seed, "config.method.k": k, "config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10@8": 0.4,
+             "last/clean": 0.9, "last/pgd10@8": 0.0 if co else 0.4, "time/train_s": 60.0}
+        if gen is not None:
+            r["epoch/method/gen_steps"] = gen
+        return r
+
+    meta = {"orch.sweep": "t", "orch.swept": json.dumps(["method.k"])}
+    rows = [row(1, 0, 5, 300), row(1, 1, None, 300), row(1, 2, 3, 300), row(20, 0, None, 15), row(20, 1, None, 15)]
+    _, md, header, body = render(rows, meta)
+    assert header[-3:] == ["Gen. updates", "Seeds", "Outcomes"]
+    by_k = {r[0]: r for r in body if r[0]}
+    assert by_k["k=1"][-3:] == ["300", "3", "1 ok 2 CO (epoch 3, 5)"]
+    assert by_k["k=20"][-3:] == ["15", "2", "2 ok"]
+    # no trial counted anything: no column
+    _, _, header, body = render([row(1, 0, None, None)], meta)
+    assert "Gen. updates" not in header and body[0][-1] == "1 ok"
