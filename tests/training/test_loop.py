@@ -142,6 +142,31 @@ def test_co_signature_rule():
     assert not co_signature(float("-inf"), None, 0.0, 0.1, 0.2)  # first epoch
 
 
+def test_co_signature_catches_co_before_any_robustness():
+    """FGSM on mnist5k at ε = 0.3 (measured: PGD accuracy 0-2% from epoch 1 while the accuracy on its own FGSM
+    examples climbs 28 -> 36 -> 61 -> 97%): no drop from a best, but the training accuracy lies far above PGD."""
+    from training.loop import co_signature
+
+    assert co_signature(0.02, 0.36, 0.00, 0.61, 0.2, 0.5)  # 61% on its own examples, 0% under PGD: CO
+    assert co_signature(float("-inf"), None, 0.01, 0.66, 0.2, 0.5)  # the same from the first epoch
+    assert not co_signature(0.02, 0.28, 0.00, 0.36, 0.2, 0.5)  # gap 0.36: not yet
+    assert not co_signature(0.40, 0.45, 0.37, 0.48, 0.2, 0.5)  # PGD-AT: its own examples are PGD examples
+    assert not co_signature(0.02, 0.70, 0.00, 0.61, 0.2, 0.5)  # own accuracy falling: not the signature
+    assert not co_signature(0.02, 0.36, 0.00, 0.61, 0.2, 1.0)  # gap 1 turns the test off
+
+
+def test_standard_training_is_never_catastrophic_overfitting(tmp_path, monkeypatch):
+    """Clean training fits clean images and none under PGD: the gap is expected, so the loop never asks."""
+    import training.loop as loop
+
+    asked = []
+    monkeypatch.setattr(loop, "co_signature", lambda *a: asked.append(a) or True)
+    final = list(run(tiny(tmp_path, **{"method.name": "standard", "epochs": 2})))[-1]
+    assert asked == [] and final["outcome"] == "finished" and final["co_epoch"] is None
+    rs = list(run(tiny(tmp_path / "rs", epochs=1)))[-1]  # an adversarial method is asked (and here told yes)
+    assert rs["outcome"] == "catastrophic_overfitting" and rs["co_epoch"] == 1
+
+
 def test_sdi_records_its_generator_updates_every_epoch(tmp_path):
     """FGSM-SDI's generator updates (every k-th batch of each epoch: ceil(batches / k) per epoch) are in every
     epoch record as ``method/gen_steps``, so a k study can report how much its generator trained."""

@@ -80,6 +80,7 @@ class Method:
     Params: ClassVar[type[Params]]
     # passes per iteration, for the benchmark (spec §9): forward, full backward, input-only backward (target net)
     passes: ClassVar[dict[str, float]] = {}
+    attacks: ClassVar[bool] = True  # trains on adversarial examples (False: standard; no CO check)
     replays: int = 1  # optimiser steps per minibatch (Free-AT: m)
 
     @classmethod
