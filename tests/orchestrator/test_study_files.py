@@ -97,4 +97,14 @@ def test_demo_profiles_evaluate_on_every_test_image(path: Path) -> None:
     """Issue 12 section 4: the demos report on all held-out test images of their dataset (eval.subset: null), not
     on the first 200 (digits: 364)."""
     spec = load_spec(path, profile="demo")
+    if path.stem in PARTIAL_TEST_SET:
+        assert spec.base["eval"]["subset"] == PARTIAL_TEST_SET[path.stem], (path.name, spec.base["eval"])
+        return
     assert "subset" in spec.base["eval"] and spec.base["eval"]["subset"] is None, (path.name, spec.base["eval"])
+
+
+# demos whose report says why they attack fewer than all test images (the budget did not allow it)
+PARTIAL_TEST_SET = {
+    "catastrophic_overfitting": 500,  # mnist5k has 1,000; at 28 px the final PGD-10 of both checkpoints on all
+    # of them would add ~36% to an FGSM trial on the shared 2-core machine (docs/studies/catastrophic_overfitting)
+}
