@@ -118,9 +118,19 @@ def _section_keys(rows: list[dict[str, Any]], swept: list[str]) -> dict[str, lis
             continue
         prefix = f"config.{k}."
         subs = sorted({c[len(prefix):] for r in rows for c in r if c.startswith(prefix)}, key=lambda s: (s != "name", s))
-        out[k] = [s for s in subs if s == "name"
-                  or len({_key(r[prefix + s]) for r in rows if r.get(prefix + s) is not None}) > 1]
+        out[k] = [s for s in subs if s == "name" or _tells_apart(rows, prefix, s)]
     return out
+
+
+def _tells_apart(rows: list[dict[str, Any]], prefix: str, sub: str) -> bool:
+    """A sub-key tells rows apart when its set values differ, or when rows of one method differ in it, one at the
+    default (unset: ``{name: fgsm_rs}``) and one set (``{name: fgsm_rs, alpha_255: 16}``)."""
+    if len({_key(r[prefix + sub]) for r in rows if r.get(prefix + sub) is not None}) > 1:
+        return True
+    per_method: dict[str, set[str]] = {}
+    for r in rows:
+        per_method.setdefault(_key(r.get(prefix + "name")), set()).add(_key(r.get(prefix + sub)))
+    return any(len(v) > 1 for v in per_method.values())
 
 
 def _section_value(r: dict[str, Any], k: str, subs: list[str]) -> dict[str, Any]:

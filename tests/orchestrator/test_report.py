@@ -466,3 +466,17 @@ def test_table_names_the_co_epochs_and_counts_generator_updates() -> None:
     # no trial counted anything: no column
     _, _, header, body = render([row(1, 0, None, None)], meta)
     assert "Gen. updates" not in header and body[0][-1] == "1 ok"
+
+
+def test_one_method_at_its_default_and_at_a_set_value_are_two_rows() -> None:
+    """The CO study sweeps {name: fgsm_rs} (alpha 1.25 eps by default: alpha_255 unset, null in the results) and
+    {name: fgsm_rs, alpha_255: 153}: two rows, not one row of both (the report once pooled them as 6 seeds)."""
+    def row(name: str, alpha: float | None, seed: int) -> dict[str, Any]:
+        return {"status": "finished", "seed": seed, "config.method.name": name, "config.method.alpha_255": alpha,
+                "config.method.k": 5 if name == "fgsm_sdi" else None, "best/clean": 0.5}
+
+    rows = [row(n, a, s) for n, a in (("fgsm_rs", None), ("fgsm_rs", 153.0), ("fgsm_sdi", None)) for s in (0, 1)]
+    gs = groups(rows, ["method"])
+    assert [g.values["method"] for g in gs] == [{"name": "fgsm_rs"}, {"name": "fgsm_rs", "alpha_255": 153.0},
+                                                 {"name": "fgsm_sdi"}]
+    assert [len(g.rows) for g in gs] == [2, 2, 2]
