@@ -53,13 +53,14 @@ def _seconds(s: str) -> float:
 
 
 @pytest.mark.slow
-def test_dry_run_estimate_bounds_a_real_evaluation_where_autoattack_works_on_every_point(cli, tmp_path: Path) -> None:
-    # ε = 0: nothing can be fooled, so every AutoAttack stage runs on every correctly classified point (the worst
-    # case the dry run bounds); a few epochs of standard training classify most test points correctly
-    base = {"epochs": 3, "batch_size": 64, "threat": {"eps_255": 0}, "method": {"name": "standard"},
-            "data": {"name": "digits", "val_size": 100}, "model": {"name": "small_cnn", "width": 8},
-            "eval": {"attacks": ["clean", "aa"], "subset": 200, "aa_n_iter": 10, "aa_n_queries": 100, "checkpoints": ["last"],
-                     "train_batch_size": 64, "epoch_pgd_steps": 3}}
+def test_dry_run_estimate_bounds_a_real_evaluation_of_a_robust_model(cli, tmp_path: Path) -> None:
+    # the k_interval demo's setting cut to 3 epochs and AutoAttack alone: adversarial training leaves about half
+    # the test points robust, so AutoAttack's later stages (APGD-T, FAB-T, Square) work on them; the probe model
+    # of the dry run (a few batches) has almost none, which made the old estimate a fraction of the real cost
+    base = {"epochs": 3, "batch_size": 32, "threat": {"eps_255": 16}, "method": {"name": "fgsm_sdi", "gen_width": 16},
+            "data": {"name": "digits", "image_size": 16, "channels": 1, "val_size": 200}, "model": {"name": "small_cnn"},
+            "schedule": {"milestones": [0.75, 0.9]},
+            "eval": {"attacks": ["clean", "aa"], "subset": 200, "aa_n_iter": 10, "aa_n_queries": 200, "checkpoints": ["last"]}}
     f = tmp_path / "bound.yaml"
     f.write_text(yaml.safe_dump({"name": "bound", "base": base}))
     res = cli("sweep", f, "--dry-run", "--data-dir", tmp_path / "d")
@@ -73,6 +74,6 @@ def test_dry_run_estimate_bounds_a_real_evaluation_where_autoattack_works_on_eve
     assert res.exit_code == 0, res.output
     final = json.loads((tmp_path / "run" / "results.json").read_text())["final"]
     actual = final["time/eval_s"]
-    assert final["last/clean"] > 0.5 and final["last/aa@0"] == final["last/clean"]  # every correct point survived
+    assert final["last/aa@16"] > 0.2, final  # a robust model: AutoAttack's later stages had work to do
     print(f"dry-run estimate {estimate:.0f} s, actual {actual:.1f} s")
     assert estimate >= 0.6 * actual, (estimate, actual)  # 0.6: timings on a shared machine are noisy
