@@ -122,7 +122,8 @@ class _EvalMeter:
 
     def left(self, which: str, key: str) -> float:
         pred_done = sum(self.plan.get(e, 0.0) for e in self.done)
-        scale = min(max(sum(self.done.values()) / pred_done, 0.25), 4.0) if pred_done > 0 else 1.0
+        # rescaled once a few seconds of it were measured (a sub-second entry such as clean is all noise)
+        scale = min(max(sum(self.done.values()) / pred_done, 0.25), 4.0) if pred_done >= 2.0 else 1.0
         rest = sum(s for e, s in self.plan.items() if e not in self.done and e != (which, key))
         current = max(self.plan.get((which, key), 0.0) * scale - (time.perf_counter() - self.entry_t0), 0.0)
         return scale * rest + current
