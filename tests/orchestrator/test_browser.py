@@ -122,11 +122,12 @@ def test_mlflow_ui_shows_the_sweeps_runs_params_and_robust_metric(chromium, ray_
     view = share_view(MlflowClient(mlflow_server), eid, ["method.k"], "best/pgd10_eps8", "max")
     urls = ui_urls(mlflow_server, eid, run_ids, view)
     assert urls["experiment_url"] == urls["trials_url"]
-    profile = tmp_path / "chromium-profile"
-
     def page(url: str, shot: Path, size: str, ready: str) -> str:
-        """Rendered DOM (a second, longer look if the app had not shown ``ready`` yet on a busy machine)."""
+        """Rendered DOM (a second, longer look if the app had not shown ``ready`` yet on a busy machine). A fresh
+        browser profile per address, as a reader opening the printed link: after the Chart view, the UI state it
+        leaves in the profile's local storage keeps the compare page busy past any virtual-time budget."""
         dom = ""
+        profile = tmp_path / f"chromium-profile-{shot.stem}"
         for budget in (10_000, 30_000):
             dom = render(chromium, url, shot, size, budget, profile)
             if ready in text_of(dom):
