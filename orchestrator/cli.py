@@ -116,7 +116,7 @@ def sweep(
     file: Annotated[Path, typer.Argument(help="The sweep file (YAML; format in sweeps/README.md).")],
     profile: ProfileOpt = None,
     set_: SetOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List every trial (or the search plan), the resources and a measured compute estimate; run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List every trial (or the search plan) and the resources, then a measured compute estimate (probes of a few batches and of each final attack, bounded: at most ~20 s, with a progress line; the final evaluation is an upper bound: every point assumed to stay robust); run nothing.")] = False,
     no_probe: Annotated[bool, typer.Option("--no-probe", help="With --dry-run: skip the measured estimate.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted sweep: finished trials are kept, the rest continue from their last checkpoint.")] = False,
     address: Annotated[Optional[str], typer.Option("--address", help="An existing Ray cluster (host:port or ray://...). Default: a local Ray on this machine.")] = None,
@@ -348,21 +348,23 @@ def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
     if not probe:
         console.print(f"compute: {spec.num_trials} trials x {max(spec.epochs)} epochs (no estimate: --no-probe)")
         return
-    with console.status("measuring: a few batches and a small evaluation of each config on this machine..."):
-        ests, total, why = estimate_sweep(spec)
+    with console.status("measuring: a few batches and each final attack of each config on this machine (at most ~20 s)...") as st:
+        ests, total, why = estimate_sweep(spec, progress=lambda text: (st.update(f"measuring: {text}") if console.is_terminal
+                                                                      else console.print(f"measuring: {text}", highlight=False)))
     if total is None:
         console.print(f"[yellow]no compute estimate[/]: a probe run failed here ({why}). "
                       f"Plan: {spec.num_trials} trials x {max(spec.epochs)} epochs.", highlight=False)
         return
     t = Table(title="measured estimate (this machine, 1 thread per trial)")
-    for c in ("config", "epochs", "train imgs", "s/epoch", "final eval", "per trial"):
+    for c in ("config", "epochs", "train imgs", "s/epoch", "final eval ≤", "per trial ≤"):
         t.add_column(c, justify="right" if c != "config" else "left")
     for e in ests:
         t.add_row(e.label, str(e.epochs), str(e.n_train), f"{e.n_train * e.train_s_per_image + e.epoch_eval_s:.1f}",
                   fmt_duration(e.final_eval_s), fmt_duration(e.trial_s))
     console.print(t)
     console.print(f"compute: ~{fmt_duration(total)} of trial time; wall ~{fmt_duration(total / concurrency)} with {concurrency} "
-                  f"concurrent trials (+ ~10 s start-up)", highlight=False)
+                  f"concurrent trials (+ ~10 s start-up). At most: the final evaluation (≤) assumes every test point stays "
+                  f"robust; each trial prints a tighter estimate before it evaluates.", highlight=False)
 
 
 # ============================================================================================ validate
@@ -424,29 +426,65 @@ def report(
 # ============================================================================================ ui
 
 
-def ui_urls(base: str, experiment_id: str, run_ids: list[str], sort_metric: str | None = None, mode: str = "max") -> dict[str, str | None]:
-    """The MLflow 3.17 UI's addresses (a hash router; routes as in its ``routes.ts``): ``experiment_url``, the
-    experiment's runs table (``#/experiments/<id>/runs``); ``trials_url``, the same table filtered to the trial
-    runs (tag ``orch.trial_key``: flat, without the sweep's parent run) and sorted by ``sort_metric`` (an MLflow
-    metric name) when given; ``compare_url``, the compare view of ``run_ids``
-    (``#/compare-runs?runs=[...]&experiments=[...]``, as ``getCompareRunPageRoute`` writes it). The last two are
-    None without runs."""
-    from urllib.parse import quote
+VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.17's experiment page reads its view from this experiment tag
+
+
+def share_view(client: Any, experiment_id: str, swept: list[str], metric: str | None, mode: str = "max") -> str:
+    """Store the sweep's view of its experiment page in MLflow, as the UI's own "share view" does: the experiment
+    tag ``mlflow.sharedViewState.<key>`` holds the search (the trial runs only, best first by ``metric``) and the
+    UI state (columns: the swept parameters, the seed and the metric; a parallel-coordinates chart of the swept
+    parameters against the metric in the Chart view). ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens
+    it (MLflow 3.17's ``useSharedExperimentViewState``: the URL parameter, then ``JSON.parse`` of the tag).
+    Returns ``key``; the same sweep state gives the same key (the tag is rewritten, not duplicated)."""
+    import hashlib
 
     from orchestrator.tracking import TRIAL_KEY_TAG
 
-    out: dict[str, str | None] = {"experiment_url": f"{base}/#/experiments/{experiment_id}/runs", "trials_url": None, "compare_url": None}
+    params = [*swept, *(["seed"] if "seed" not in swept else [])]
+    metrics = [m for m in (metric, "best/clean") if m]
+    col = lambda kind, k: f"{kind}.`{k}`"  # noqa: E731 - MLflow's makeCanonicalSortKey
+    section = "orch-sweep"
+    state: dict[str, Any] = {
+        "searchFilter": f"tags.`{TRIAL_KEY_TAG}` != ''",
+        "orderByKey": col("metrics", metric) if metric else "attributes.start_time",
+        "orderByAsc": mode == "min" if metric else False,
+        "selectedColumns": [col("params", p) for p in params] + [col("metrics", m) for m in dict.fromkeys(metrics)],
+        "compareRunSections": [{"uuid": section, "name": "sweep", "display": True, "isReordered": False, "deleted": False,
+                                "isGenerated": False}],
+        "compareRunCharts": [{"uuid": "orch-parallel", "type": "PARALLEL", "runsCountToCompare": 100, "metricSectionId": section,
+                              "deleted": False, "isGenerated": False, "selectedParams": params,
+                              "selectedMetrics": metrics[:1]}],
+        "isAccordionReordered": True,
+    }
+    text = json.dumps(state, sort_keys=True)
+    key = "orch-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    client.set_experiment_tag(experiment_id, VIEW_TAG + key, text)
+    return key
+
+
+def ui_urls(base: str, experiment_id: str, run_ids: list[str], view_key: str | None = None) -> dict[str, str | None]:
+    """The MLflow 3.17 UI's addresses (a hash router; routes as in its ``routes.ts``): ``experiment_url``, the
+    experiment's runs table; with ``view_key`` (:func:`share_view`) it opens on the sweep's view: the trial runs
+    (flat, without the sweep's parent run), best first, with the swept parameters and the metric as columns.
+    ``trials_url``: the same view; ``chart_url``: its Chart view (``compareRunsMode=CHART``), a parallel-coordinates
+    chart of the swept parameters against the metric; ``compare_url``: the compare page of ``run_ids``
+    (``#/compare-runs?runs=[...]&experiments=[...]``, as ``getCompareRunPageRoute`` writes it), whose parallel
+    coordinates plot shows the parameters that differ between the runs (only the swept ones and the seed are logged
+    as differing). The last three are None without runs."""
+    exp = f"{base}/#/experiments/{experiment_id}/runs"
+    view = f"{exp}?viewStateShareKey={view_key}" if view_key else exp
+    out: dict[str, str | None] = {"experiment_url": view, "trials_url": None, "chart_url": None, "compare_url": None}
     if run_ids:
-        q = "searchFilter=" + quote(f"tags.`{TRIAL_KEY_TAG}` != ''", safe="")
-        if sort_metric:
-            q += "&orderByKey=" + quote(f"metrics.`{sort_metric}`", safe="") + f"&orderByAsc={'true' if mode == 'min' else 'false'}"
-        out["trials_url"] = f"{base}/#/experiments/{experiment_id}/runs?{q}"
+        out["trials_url"] = view
+        out["chart_url"] = f"{view}&compareRunsMode=CHART" if view_key else f"{exp}?compareRunsMode=CHART"
         out["compare_url"] = f"{base}/#/compare-runs?runs={json.dumps(run_ids, separators=(',', ':'))}&experiments={json.dumps([experiment_id])}"
     return out
 
 
-def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mode: str = "max") -> dict[str, Any]:
-    """A sweep's MLflow UI addresses (:func:`ui_urls`), looked up in its SQLite store with MLflow's own client.
+def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mode: str = "max",
+             swept: list[str] | None = None) -> dict[str, Any]:
+    """A sweep's MLflow UI addresses (:func:`ui_urls`), looked up in its SQLite store with MLflow's own client,
+    after storing the sweep's view (:func:`share_view`) there.
 
     Also returns ``experiment_id`` (None if the store has no such experiment: then no addresses),
     ``run_ids`` / ``run_names`` of the trial runs (tagged ``orch.trial_key``, not deleted, oldest first) and
@@ -459,7 +497,7 @@ def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mo
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     out: dict[str, Any] = {"experiment": experiment, "experiment_id": None, "run_ids": [], "run_names": [], "sort_metric": None,
-                           "experiment_url": None, "trials_url": None, "compare_url": None}
+                           "experiment_url": None, "trials_url": None, "chart_url": None, "compare_url": None}
     client = MlflowClient(tracking_uri=f"sqlite:///{Path(db).resolve()}")
     exp = client.get_experiment_by_name(experiment)
     if exp is None or exp.lifecycle_stage != "active":
@@ -471,18 +509,22 @@ def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mo
         key = None  # nothing logged under that name (yet): an unsorted list
     out.update(experiment_id=str(exp.experiment_id), run_ids=[r.info.run_id for r in runs],
                run_names=[r.info.run_name for r in runs], sort_metric=key)
-    out.update(ui_urls(base, out["experiment_id"], out["run_ids"], key, mode))
+    view = share_view(client, out["experiment_id"], list(swept or []), key, mode)
+    out.update(ui_urls(base, out["experiment_id"], out["run_ids"], view))
     return out
 
 
-def _sweep_identity(sdir: Path) -> tuple[str, str | None, str]:
-    """(MLflow experiment name, metric, mode) of a sweep folder, from its sweep.json (the folder name if absent)."""
+def _sweep_identity(sdir: Path) -> tuple[str, str | None, str, list[str]]:
+    """(MLflow experiment name, metric, mode, swept keys) of a sweep folder, from its sweep.json (the folder name
+    if absent)."""
     try:
         state = json.loads((sdir / "sweep.json").read_text())
     except (OSError, ValueError):
-        return sdir.name, None, "max"
+        return sdir.name, None, "max", []
     resolved = state.get("resolved") or {}
-    return state.get("name") or sdir.name, resolved.get("metric"), resolved.get("mode") or "max"
+    axes = resolved.get("axes") or {}
+    return (state.get("name") or sdir.name, resolved.get("metric"), resolved.get("mode") or "max",
+            list(axes) if isinstance(axes, dict) else [])
 
 
 UI_DEFAULT_PORT = 5000
@@ -549,9 +591,9 @@ def ui(
         console.print(why, highlight=False, soft_wrap=True)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("localhost" if host == "::" else host)
     base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
-    experiment, metric, mode = _sweep_identity(sdir)
+    experiment, metric, mode, swept = _sweep_identity(sdir)
     try:
-        links = ui_links(db, experiment, base, metric, mode)
+        links = ui_links(db, experiment, base, metric, mode, swept)
     except Exception as e:  # noqa: BLE001 - MlflowException / SQLAlchemy errors: not an MLflow store
         err_console.print(f"[bold red]error[/]: {db}: not a readable MLflow store ({e})")
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -566,6 +608,7 @@ def ui(
         if n:
             by = f", best first by {links['sort_metric']}" if links["sort_metric"] else ""
             console.print(f"  its {n} trial runs{by}: {links['trials_url']}", **say)
+            console.print(f"  chart of the swept parameters against the metric: {links['chart_url']}", **say)
             console.print(f"  compare the {n} trial runs: {links['compare_url']}", **say)
         else:
             console.print("  no trial runs in it yet", **say)
@@ -587,11 +630,13 @@ def train(
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Run folder (default: the config's out_dir if it sets one, "
         "else a new runs/<name>-<date>-<time>). A folder that already holds a run is refused unless --resume: runs are never overwritten.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out-dir (or the config's out_dir) from its last.pt.")] = False,
+    eval_: Annotated[Optional[str], typer.Option("--eval", help="A named final evaluation, applied before --set: paper (the default config: 8 attacks incl. standard AutoAttack on 1000 test images, tens of minutes on a CPU), demo (the k_interval demo's 7 attacks, AutoAttack cut to 10 iterations / 200 queries, 200 images), quick (clean, PGD-10, PGD-20 on 500 images: seconds).")] = None,
     help_config: Annotated[bool, typer.Option("--help-config", help="List every config key with its default.")] = False,
 ) -> None:
-    """One training run without Ray or MLflow (the training core alone), with a progress bar."""
+    """One training run without Ray or MLflow (the training core alone), with a progress bar; before the final
+    evaluation it prints how long that will take, then shows its progress."""
     from orchestrator.spec import _MISSING, SpecError, parse_yaml
-    from training.config import ConfigError, RunConfig, describe, set_dotted
+    from training.config import EVAL_SETTINGS, ConfigError, RunConfig, describe, set_dotted
 
     if help_config:
         console.print(describe(), highlight=False)
@@ -608,6 +653,11 @@ def train(
             d = d or {}
             if not isinstance(d, dict):
                 raise SpecErrors([SpecError(str(config), "", d, "a run config must be a mapping of sections")])
+        if eval_ is not None:
+            if eval_ not in EVAL_SETTINGS:
+                raise SpecErrors([SpecError("--eval", "", eval_, f"unknown evaluation; known: {', '.join(EVAL_SETTINGS)}")])
+            for k, v in EVAL_SETTINGS[eval_].items():
+                set_dotted(d, f"eval.{k}", v)
         for s in set_ or []:
             if "=" not in s:
                 raise SpecErrors([SpecError(f"--set {s}", s, None, "expected key=value")])

@@ -6,9 +6,14 @@ prints one plain line per trial event instead, so a long job still shows progres
 Ray's own progress output is switched off (``RAY_AIR_NEW_OUTPUT=0`` + ``verbose=0``, stack.md Q7): its reporter
 prints hundreds of lines and knows nothing of epochs, seeds or robust accuracy.
 
-Time left: a trial's remaining epochs times its mean epoch time (training + per-epoch evaluation); the sweep's
-is the remaining trial-epochs (pending trials count the mean trial's epochs) divided by the concurrency. The
-final robustness evaluation is not in the estimate until one trial has finished; then its mean is added.
+Time left, from measured times only: a running trial's remaining epochs times its mean epoch time (training +
+per-epoch evaluation), plus its final evaluation (the time left its progress events report once it evaluates; before
+that the estimate the first evaluating trial measured, or the mean measured evaluation of the finished trials). A
+pending trial counts the mean measured ``time/trial_s`` of the finished trials (evaluation included), or, before any
+finished, the mean epoch time x its epochs + the evaluation estimate. The sweep's time left is their sum divided by
+the concurrency; while no evaluation has been measured or estimated yet it is shown as ``≥`` (training only).
+
+The table is re-rendered at every refresh (``Live(get_renderable=...)``), so "elapsed" ticks without events.
 """
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ class TrialView:
     metrics: dict[str, Any] = field(default_factory=dict)
     outcome: str = ""
     attempt: int = 1
+    eval: dict[str, Any] = field(default_factory=dict)  # the last final-evaluation progress event
+    trial_s: float | None = None  # measured, once finished
+    eval_line_at: float = 0.0  # when its last evaluation line was printed (plain output)
 
 
 def _fmt_s(s: float | None) -> str:
@@ -46,12 +54,15 @@ def _fmt_s(s: float | None) -> str:
 
 class LiveView:
     COLUMNS = (("val/clean_acc", "val clean"), ("val/pgd_acc", "val PGD"), ("train/loss", "loss"))
+    EVAL_LINE_EVERY_S = 10.0  # plain output: at most one final-evaluation progress line per trial this often
 
     def __init__(self, title: str, console: Console, concurrency: int, metric: str | None, total: int) -> None:
         self.title, self.console, self.concurrency, self.metric = title, console, max(1, concurrency), metric
         self.total = total
         self.trials: dict[str, TrialView] = {}
         self.eval_s: list[float] = []
+        self.eval_estimate: float | None = None
+        self.trial_s: list[float] = []
         self.t0 = time.time()
         self._live: Live | None = None
         self.interactive = console.is_terminal
@@ -59,7 +70,7 @@ class LiveView:
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "LiveView":
         if self.interactive:
-            self._live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
+            self._live = Live(console=self.console, refresh_per_second=2, transient=False, get_renderable=self.render)
             self._live.__enter__()
         else:
             self.console.print(f"[bold]{self.title}[/]: {self.total} trials, up to {self.concurrency} at a time")
@@ -67,13 +78,13 @@ class LiveView:
 
     def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
-            self._live.update(self.render())
+            self._live.refresh()
             self._live.__exit__(*exc)
             self._live = None
 
     def refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self.render())
+            self._live.refresh()
 
     def _line(self, msg: str) -> None:
         if not self.interactive:
@@ -96,10 +107,16 @@ class LiveView:
     def result(self, key: str, name: str, epochs: int, r: dict[str, Any]) -> None:
         t = self.trial(key, name, epochs)
         t.status = "running"
-        if r.get("final"):
+        if r.get("orch/progress"):
+            self._eval_progress(t, r)
+        elif r.get("final"):
             t.outcome = r.get("outcome", "")
             if r.get("time/eval_s") is not None:
                 self.eval_s.append(float(r["time/eval_s"]))
+            if r.get("time/trial_s") is not None and t.outcome != "failed":  # a failed trial's time says nothing
+                t.trial_s = float(r["time/trial_s"])
+                self.trial_s.append(t.trial_s)
+            t.eval = {}
             for k, v in r.items():
                 if k.startswith(("best/", "last/")):
                     t.metrics[k] = v
@@ -116,9 +133,24 @@ class LiveView:
             )
         self.refresh()
 
+    def _eval_progress(self, t: TrialView, r: dict[str, Any]) -> None:
+        ev = {k[len("orch/eval_"):]: v for k, v in r.items() if k.startswith("orch/eval_")}
+        if ev.get("estimate_s") is not None:
+            self.eval_estimate = float(ev["estimate_s"])
+        first = not t.eval
+        ev["at"] = time.time()
+        t.eval = ev
+        if ev.get("event") == "eval_start" or first:
+            t.eval_line_at = time.time()
+            self._line(f"eval   {t.name}: final evaluation ~{_fmt_s(ev.get('estimate_s'))} (measured estimate)")
+        elif ev.get("event") == "eval" and time.time() - t.eval_line_at >= self.EVAL_LINE_EVERY_S:
+            t.eval_line_at = time.time()
+            self._line(f"eval   {t.name} {ev.get('checkpoint')} {ev.get('entry')} {ev.get('done')}/{ev.get('total')} images, "
+                       f"~{_fmt_s(ev.get('left_s'))} left")
+
     def finished(self, key: str, name: str, status: str, error: str | None = None) -> None:
         t = self.trial(key, name, 0)
-        t.status = status
+        t.status, t.eval = status, {}
         msg = f"{status:6s} {name}"
         if t.outcome and t.outcome not in ("finished", status):
             msg += f" ({t.outcome})"
@@ -130,7 +162,7 @@ class LiveView:
 
     def error(self, key: str, name: str, error: str, will_retry: bool) -> None:
         t = self.trial(key, name, 0)
-        t.status = "retrying" if will_retry else "failed"
+        t.status, t.eval = ("retrying" if will_retry else "failed"), {}
         self._line(f"{'retry ' if will_retry else 'failed'} {name}" + (":" if error else ""))
         self._error(error)
         self.refresh()
@@ -147,26 +179,44 @@ class LiveView:
         xs = [x for t in self.trials.values() for x in t.epoch_s]
         return sum(xs) / len(xs) if xs else None
 
+    def _eval_s(self) -> float | None:
+        """A final evaluation's duration: measured (mean over finished trials), else the latest measured estimate."""
+        if self.eval_s:
+            return sum(self.eval_s) / len(self.eval_s)
+        return self.eval_estimate
+
     def trial_left(self, t: TrialView) -> float | None:
+        if t.eval:  # evaluating: its own progress says how much is left (minus the time since it said so)
+            left = t.eval.get("left_s", t.eval.get("estimate_s"))
+            return max(float(left) - (time.time() - t.eval["at"]), 0.0) if left is not None else None
         per = (sum(t.epoch_s) / len(t.epoch_s)) if t.epoch_s else self._mean_epoch_s()
         if per is None:
             return None
-        left = (t.epochs - t.epoch) * per
-        if t.outcome == "" and self.eval_s:
-            left += sum(self.eval_s) / len(self.eval_s)
+        left = max(t.epochs - t.epoch, 0) * per
+        ev = self._eval_s()
+        if t.outcome == "" and ev is not None:
+            left += ev
         return left
 
     def sweep_left(self) -> float | None:
-        per = self._mean_epoch_s()
-        if per is None:
+        per, ev = self._mean_epoch_s(), self._eval_s()
+        known = list(self.trials.values())
+        active = [t for t in known if t.status in ("running", "retrying")]
+        pending = sum(1 for t in known if t.status == "pending") + max(self.total - len(known), 0)
+        if self.trial_s:
+            per_trial = sum(self.trial_s) / len(self.trial_s)
+        elif per is not None:
+            mean_epochs = sum(t.epochs for t in known) / len(known) if known else 0
+            per_trial = mean_epochs * per + (ev or 0.0)
+        else:
             return None
-        known = [t for t in self.trials.values()]
-        mean_epochs = sum(t.epochs for t in known) / len(known) if known else 0
-        remaining = sum(max(t.epochs - t.epoch, 0) for t in known if t.status in ("running", "pending", "retrying"))
-        remaining += max(self.total - len(known), 0) * mean_epochs
-        ev = (sum(self.eval_s) / len(self.eval_s)) if self.eval_s else 0.0
-        unfinished = sum(1 for t in known if t.status in ("running", "pending", "retrying")) + max(self.total - len(known), 0)
-        return (remaining * per + unfinished * ev) / self.concurrency
+        left = pending * per_trial + sum(self.trial_left(t) or 0.0 for t in active)
+        return left / self.concurrency
+
+    def _left_text(self) -> str:
+        left = self.sweep_left()
+        unknown_eval = self._eval_s() is None and not self.trial_s
+        return ("≥" if unknown_eval and left is not None else "~") + _fmt_s(left)
 
     # ------------------------------------------------------------------ rendering
     def counts(self) -> dict[str, int]:
@@ -180,7 +230,7 @@ class LiveView:
         done = sum(v for k, v in c.items() if k in ("done", "failed", "stopped"))
         caption = (
             f"{done}/{self.total} done · {c.get('running', 0)} running · {c.get('failed', 0)} failed · "
-            f"elapsed {_fmt_s(time.time() - self.t0)} · left ~{_fmt_s(self.sweep_left())}"
+            f"elapsed {_fmt_s(time.time() - self.t0)} · left {self._left_text()}"
         )
         table = Table(title=self.title, caption=caption, expand=False)
         table.add_column("trial", no_wrap=True)
@@ -194,6 +244,9 @@ class LiveView:
         style = {"running": "cyan", "done": "green", "failed": "red", "retrying": "yellow", "stopped": "magenta"}
         for t in self.trials.values():
             status = t.status + (f" ({t.outcome})" if t.outcome and t.outcome != "finished" else "")
+            if t.eval and t.status == "running":
+                status = (f"eval {t.eval.get('checkpoint', '')} {t.eval.get('entry', '')} {t.eval.get('done', 0)}/{t.eval.get('total', '?')}"
+                          if t.eval.get("event") == "eval" else "eval starting")
             row = [t.name, f"[{style.get(t.status, '')}]{status}[/]", f"{t.epoch}/{t.epochs}"]
             row += [_fmt(t.metrics.get(k)) for k, _ in self.COLUMNS]
             if self.metric:

@@ -53,6 +53,7 @@ FLUSH_BACKOFF_S = 5.0  # during an outage, how often the queue is retried
 TRIAL_KEY_TAG = "orch.trial_key"
 # what of a final record becomes MLflow metrics (not Tune's bookkeeping: pid, timestamp, training_iteration...)
 FINAL_PREFIXES = ("best/", "last/", "seconds/", "time/")
+UNLOGGED_PARAMS = ("name", "out_dir")  # config keys that are not logged as params (see Tracker.trial_run)
 FINAL_KEYS = ("best_epoch", "epochs_run", "n_test", "co_epoch", "diverged_epoch")
 
 
@@ -263,7 +264,9 @@ class Tracker:
         run_id = run.info.run_id
         self.runs[key] = run_id
         self.logged[run_id] = set()
-        items = [Param(k, _param(v)) for k, v in params.items()]
+        # not the per-trial ``name`` and ``out_dir``: the run's name and its tag orch.out_dir carry them, and as
+        # params they would differ between every two runs, so the UI's compare view would plot them first
+        items = [Param(k, _param(v)) for k, v in params.items() if k not in UNLOGGED_PARAMS]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self._call(self.client.log_batch, run_id, params=items[i : i + 100])
         return run_id

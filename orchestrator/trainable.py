@@ -42,6 +42,7 @@ from typing import Any
 
 CRASH_ONCE_ENV = "ORCH_TEST_CRASH_ONCE"
 ERROR_KEY = "orch/error"  # in a trial's last result: it failed with an error a retry would repeat (the message)
+PROGRESS_EVERY_S = 2.0  # at most one final-evaluation progress result per this many seconds
 
 
 def _deterministic() -> tuple[type[Exception], ...]:
@@ -129,7 +130,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         for i, rec in enumerate(replay):
             report(rec, with_checkpoint=(i == len(replay) - 1), **{"orch/replayed": 1})
         try:
-            for rec in run(cfg, resume=resume):
+            for rec in run(cfg, resume=resume, on_eval=_eval_reporter(tune)):
                 report(rec)
                 if ctx.crash_once and not rec.get("final"):
                     _maybe_crash(ctx.crash_once, trial["name"])
@@ -146,6 +147,22 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         raise
     finally:
         lock.close()
+
+
+def _eval_reporter(tune: Any):
+    """The final evaluation's progress as Tune results marked ``orch/progress`` (no checkpoint, no epoch, no
+    metric: schedulers, searchers, MLflow and results.parquet ignore them; the live view shows them), at most one
+    every ``PROGRESS_EVERY_S`` besides the estimate sent before the evaluation starts."""
+    last = [0.0]
+
+    def on_eval(ev: dict[str, Any]) -> None:
+        now = time.time()
+        if ev["event"] == "eval" and now - last[0] < PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        tune.report({"orch/progress": 1, **{f"orch/eval_{k}": v for k, v in ev.items() if k != "text"}})
+
+    return on_eval
 
 
 class StorageError(OSError):

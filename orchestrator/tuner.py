@@ -272,6 +272,7 @@ class _TrialInfo:
     run_id: str | None = None
     final: dict[str, Any] | None = None
     epochs: int = 0
+    last: dict[str, Any] | None = None  # its last result that is not a progress event
 
 
 class SweepCallback(tune.Callback):
@@ -324,6 +325,10 @@ class SweepCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         i = self._info(trial)
+        if result.get("orch/progress"):  # final-evaluation progress (trainable._eval_reporter): the live view only
+            self.live.result(i.key, i.name, i.epochs, result)
+            return
+        i.last = dict(result)
         run_id = self._run(trial, i)
         if run_id is not None:
             self.tracker.set_tags(run_id, {
@@ -338,7 +343,7 @@ class SweepCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         i = self._info(trial)
-        last = i.final or trial.last_result or {}
+        last = i.final or i.last or trial.last_result or {}
         if last.get(ERROR_KEY):  # ended by an error a retry would repeat (trainable.DETERMINISTIC): failed, not retried
             self.record(trial.config["trial"], trial.trial_id, trial.checkpoint, last, "failed", error=last[ERROR_KEY])
             self.live.finished(i.key, i.name, "failed", last[ERROR_KEY])
@@ -354,7 +359,7 @@ class SweepCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         i = self._info(trial)
         err = _error_text(trial)
-        self.record(trial.config["trial"], trial.trial_id, trial.checkpoint, trial.last_result or {}, "failed", error=err)
+        self.record(trial.config["trial"], trial.trial_id, trial.checkpoint, i.last or trial.last_result or {}, "failed", error=err)
         self.live.finished(i.key, i.name, "failed", err)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:

@@ -320,6 +320,17 @@ class RunConfig:
         return cls.data_epochs(self.epochs, cls.Params.from_dict(dict(self.method.params)))
 
 
+# named final evaluations (``orch train --eval NAME``): eval.* keys applied before --set
+EVAL_SETTINGS: dict[str, dict[str, Any]] = {
+    # the thesis's protocol (the defaults): 8 columns with standard AutoAttack on 1000 test images (tens of minutes
+    # on a CPU)
+    "paper": {},
+    # the k_interval demo's: 7 columns, AutoAttack cut to 10 iterations / 200 Square queries, 200 test images
+    "demo": {"attacks": ["clean", "pgd10", "pgd20", "pgd50", "cw", "apgd_ce", "aa"], "subset": 200, "aa_n_iter": 10, "aa_n_queries": 200},
+    # a few seconds: clean and PGD-10/20 on 500 test images
+    "quick": {"attacks": ["clean", "pgd10", "pgd20"], "subset": 500},
+}
+
 # validation-split metrics a run can maximise to choose its `best` checkpoint
 EPOCH_METRICS_MAXIMISED = ("val/pgd_acc", "val/clean_acc")
 

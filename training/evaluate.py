@@ -79,24 +79,29 @@ def attack_accuracy(
     eps: float,
     batch_size: int = 500,
     seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
     **params: Any,
 ) -> float:
     """Accuracy in [0,1] on ``attack(model, x, y, eps=eps, generator=g, **params)``, batched, in eval mode.
 
     ``attack`` is a registered name or the function itself; ``eps`` is in pixel units. One generator, seeded with
     ``seed`` on ``x``'s device, runs through all batches. The model's modes are restored afterwards.
+    ``on_batch(points_done)`` is called after each batch.
     """
     fn = ATTACKS.get(attack)
     name = attack if isinstance(attack, str) else getattr(attack, "__name__", repr(attack))
     if x.shape[0] == 0:
         return float("nan")
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    correct = 0
+    correct = done = 0
     with eval_mode(model):
         for xb, yb in _batches(x, y, batch_size):
             x_adv = fn(model, xb, yb, eps=eps, generator=gen, **params)
             _check_adv(name, x_adv, xb, eps)
             correct += _n_correct(model, x_adv, yb)
+            done += xb.shape[0]
+            if on_batch is not None:
+                on_batch(done)
     return correct / x.shape[0]
 
 
@@ -106,19 +111,22 @@ def _eps_key(eps_255: float) -> str:
 
 def _aa_columns(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int, seed: int,
-    kwargs: Mapping[str, Any],
+    kwargs: Mapping[str, Any], on_batch: Callable[[int], None] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """AutoAttack batch by batch; returns the final accuracy and the per-stage accuracies over all points."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     stages = tuple(kwargs.get("stages", STAGES))
     correct = {s: 0 for s in stages}
-    final = 0
+    final = done = 0
     for xb, yb in _batches(x, y, batch_size):
         x_adv, accs = autoattack_stages(model, xb, yb, eps=eps, generator=gen, **kwargs)
         _check_adv("autoattack", x_adv, xb, eps)
         for s in stages:
             correct[s] += round(accs[s] * xb.shape[0])  # back to a count: the fractions are k / batch
         final += _n_correct(model, x_adv, yb)
+        done += xb.shape[0]
+        if on_batch is not None:
+            on_batch(done)
     n = x.shape[0]
     return final / n, {s: c / n for s, c in correct.items()}
 
@@ -135,6 +143,7 @@ def robustness_matrix(
     aa_kwargs: Mapping[str, Any] | None = None,
     attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     progress: Callable[[str, float, float], None] | None = None,
+    on_batch: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, float]:
     """The evaluation table for one model: every column of ``columns`` at every ε of ``eps_255``.
 
@@ -147,6 +156,8 @@ def robustness_matrix(
         aa_kwargs: overrides for the ``aa`` column, e.g. ``{"n_iter": 10, "n_queries": 100}`` for a cheap run.
         attack_kwargs: overrides of any column's preset kwargs, ``{column: {param: value}}``.
         progress: called as ``progress(key, accuracy, seconds)`` after each entry.
+        on_batch: called as ``on_batch(key, points_done, points)`` when an entry starts (``points_done`` = 0) and
+            after each of its batches (a long evaluation shows where it is).
 
     Returns a flat dict, in column order: ``"clean"``, ``"pgd10@8"``, ... (accuracy in [0,1]); ``"seconds/<key>"``
     (wall time of that entry); for ``aa`` also the accuracy after each stage, ``"aa/apgd_ce@8"``, ``"aa/apgd_t@8"``,
@@ -174,6 +185,8 @@ def robustness_matrix(
             if col == "aa":
                 kwargs.update(aa_kwargs or {})
             if attack is None:  # clean: one number, no ε
+                if on_batch is not None:
+                    on_batch(col, 0, x.shape[0])
                 t0 = time.perf_counter()
                 record(col, accuracy(model, x, y, batch_size), time.perf_counter() - t0)
                 continue
@@ -184,12 +197,16 @@ def robustness_matrix(
                 if "alpha_rel" in kw:  # step size relative to ε (presets.py); an explicit alpha wins
                     rel = kw.pop("alpha_rel")
                     kw.setdefault("alpha", rel * eps)
+                hook = None
+                if on_batch is not None:
+                    on_batch(key, 0, x.shape[0])
+                    hook = lambda done, key=key: on_batch(key, done, x.shape[0])  # noqa: E731
                 t0 = time.perf_counter()
                 stages: dict[str, float] = {}
                 if attack == "autoattack":
-                    acc, stages = _aa_columns(model, x, y, eps, batch_size, seed, kw)
+                    acc, stages = _aa_columns(model, x, y, eps, batch_size, seed, kw, on_batch=hook)
                 else:
-                    acc = attack_accuracy(model, x, y, attack, eps=eps, batch_size=batch_size, seed=seed, **kw)
+                    acc = attack_accuracy(model, x, y, attack, eps=eps, batch_size=batch_size, seed=seed, on_batch=hook, **kw)
                 record(key, acc, time.perf_counter() - t0)
                 for s, a in stages.items():
                     out[f"{col}/{s}@{_eps_key(e255)}"] = a

@@ -23,7 +23,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from training import checkpoint as ckpt
 from training.activations import SmoothReLU
 from training.config import RunConfig
 from training.data import Data, load as load_data, make_train_loader
+from training.evalcost import predict_eval_seconds, probe_eval_cost
 from training.evaluate import accuracy, attack_accuracy, robustness_matrix
 from training.methods import StepContext
 from training.models import create_model
@@ -84,6 +85,68 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _fmt_s(s: float) -> str:
+    s = int(round(max(s, 0.0)))
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two models hold identical parameters and buffers (e.g. the best checkpoint is the last epoch)."""
+    if a is b:
+        return True
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class _EvalMeter:
+    """Progress of the final evaluation: the measured estimate before it starts, then per batch the entry, the
+    points done and the time left (the estimate of what remains, rescaled by how the finished entries compared
+    with their estimates), to ``on_eval`` and, with ``progress``, to the bar."""
+
+    def __init__(self, on_eval: Callable[[dict[str, Any]], None] | None, bar: "_Progress") -> None:
+        self.on_eval, self.bar = on_eval, bar
+        self.plan: dict[tuple[str, str], float] = {}
+        self.done: dict[tuple[str, str], float] = {}  # entry -> measured seconds
+        self.t0 = time.perf_counter()
+        self.entry_t0 = self.t0
+        self.estimate = 0.0
+
+    def start(self, plan: dict[str, dict[str, float]], text: str) -> None:
+        self.plan = {(w, k): s for w, p in plan.items() for k, s in p.items()}
+        self.estimate = sum(self.plan.values())
+        self.t0 = time.perf_counter()
+        msg = f"{text}: ~{_fmt_s(self.estimate)} (measured estimate)"
+        self.bar.line(msg)
+        if self.on_eval is not None:
+            self.on_eval({"event": "eval_start", "estimate_s": self.estimate, "text": msg})
+
+    def left(self, which: str, key: str) -> float:
+        pred_done = sum(self.plan.get(e, 0.0) for e in self.done)
+        # rescaled once a few seconds of it were measured (a sub-second entry such as clean is all noise)
+        scale = min(max(sum(self.done.values()) / pred_done, 0.25), 4.0) if pred_done >= 2.0 else 1.0
+        rest = sum(s for e, s in self.plan.items() if e not in self.done and e != (which, key))
+        current = max(self.plan.get((which, key), 0.0) * scale - (time.perf_counter() - self.entry_t0), 0.0)
+        return scale * rest + current
+
+    def batch(self, which: str, key: str, done: int, total: int) -> None:
+        if done == 0:
+            self.entry_t0 = time.perf_counter()
+        if not self.plan:
+            return
+        ev = {"event": "eval", "checkpoint": which, "entry": key, "done": done, "total": total,
+              "elapsed_s": time.perf_counter() - self.t0, "left_s": self.left(which, key), "estimate_s": self.estimate}
+        if self.on_eval is not None:
+            self.on_eval(ev)
+        if self.bar.enabled:
+            self.bar.last = time.time()
+            sys.stderr.write(f"\revaluating {which}: {key} {done}/{total} images | {_fmt_s(ev['elapsed_s'])} elapsed, "
+                             f"~{_fmt_s(ev['left_s'])} left   ")
+            sys.stderr.flush()
+
+    def entry_done(self, which: str, key: str, seconds: float) -> None:
+        self.done[(which, key)] = seconds
+
+
 def co_signature(
     best_pgd: float, prev_acc: float | None, pgd: float, acc: float, drop: float, gap: float = 1.0
 ) -> bool:
@@ -108,13 +171,18 @@ def _finite_model(model: torch.nn.Module) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = False) -> Iterator[dict[str, Any]]:
+def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = False,
+        on_eval: Callable[[dict[str, Any]], None] | None = None) -> Iterator[dict[str, Any]]:
     """Train ``cfg``; yield a metrics dict per epoch and a final result dict.
 
     Args:
         cfg: the validated run config.
         resume: a checkpoint file (``last.pt``) or a run folder holding one; training continues after its epoch.
-        progress: print a progress bar to stderr.
+        progress: print a progress bar to stderr (and the final evaluation's estimate and progress).
+        on_eval: called with the final evaluation's progress events (see :class:`_EvalMeter`): one
+            ``{"event": "eval_start", "estimate_s", "text"}`` with the measured estimate before it starts, then
+            ``{"event": "eval", "checkpoint", "entry", "done", "total", "elapsed_s", "left_s", "estimate_s"}`` when
+            each entry starts and after each batch.
     """
     device = resolve_device(cfg.device)
     out = Path(cfg.out_dir).expanduser()
@@ -320,33 +388,59 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
     n_test = len(data.test_y) if cfg.eval.subset is None else min(cfg.eval.subset, len(data.test_y))
     tx, ty = data.test_x[:n_test], data.test_y[:n_test]
     eps_list = [cfg.threat.eps_255] + [e for e in cfg.eval.eps_255 if e != cfg.threat.eps_255]
+    aa_kwargs = {"n_iter": cfg.eval.aa_n_iter, "n_queries": cfg.eval.aa_n_queries}
     t2 = time.perf_counter()
+    models: list[tuple[str, torch.nn.Module, dict[str, Any]]] = []  # (checkpoint, weights, its epoch's record)
     for which in cfg.eval.checkpoints:
         if which == "best":
             if state["best_epoch"] is None:
                 continue
             eval_model = copy.deepcopy(model)
             eval_model.load_state_dict(ckpt.load(out / "best.pt", map_location=device)["model"])
+            rec = next((r for r in history if r["epoch"] == state["best_epoch"]), {})
         else:
             if outcome == "diverged":
                 continue  # the last weights are not finite
             eval_model = model
-        matrix = robustness_matrix(
-            eval_model,
-            tx,
-            ty,
-            columns=cfg.eval.attacks,
-            eps_255=eps_list,
-            batch_size=cfg.eval.batch_size,
-            seed=cfg.eval.seed,
-            aa_kwargs={"n_iter": cfg.eval.aa_n_iter, "n_queries": cfg.eval.aa_n_queries},
-        )
+            rec = history[-2] if (outcome == "catastrophic_overfitting" and cfg.co.rollback and len(history) > 1) else (history[-1] if history else {})
+        models.append((which, eval_model, rec))
+    # a checkpoint with the same weights as one attacked before (best = last) is not attacked again
+    same_as = {w: next((w2 for w2, m2, _ in models[:i] if _same_weights(m, m2)), None) for i, (w, m, _) in enumerate(models)}
+    attacked = [(w, m, r) for w, m, r in models if same_as[w] is None]
+    meter = _EvalMeter(on_eval, bar)
+    if attacked and (on_eval is not None or progress):
+        cost = probe_eval_cost(attacked[0][1], tx, columns=cfg.eval.attacks, eps_255=eps_list, aa_kwargs=aa_kwargs)
+        plan = {w: predict_eval_seconds(cost, n_test, r.get("val/clean_acc"), r.get("val/pgd_acc"), cfg.eval.batch_size)
+                for w, _, r in attacked}
+        shared = ", ".join(f"{w} = {same_as[w]}" for w, _, _ in models if same_as[w])
+        meter.start(plan, f"final evaluation: {len(cfg.eval.attacks)} attacks x {len(eps_list)} eps on {n_test} test images, "
+                          f"checkpoint{'s' if len(attacked) > 1 else ''} {', '.join(w for w, _, _ in attacked)}"
+                          + (f" ({shared}: the same weights, attacked once)" if shared else ""))
+    matrices: dict[str, dict[str, float]] = {}
+    for which, eval_model, _ in models:
+        if same_as[which] is not None:
+            matrix = matrices[same_as[which]]
+        else:
+            matrix = robustness_matrix(
+                eval_model,
+                tx,
+                ty,
+                columns=cfg.eval.attacks,
+                eps_255=eps_list,
+                batch_size=cfg.eval.batch_size,
+                seed=cfg.eval.seed,
+                aa_kwargs=aa_kwargs,
+                progress=lambda key, acc, s, which=which: meter.entry_done(which, key, s),
+                on_batch=lambda key, done, n, which=which: meter.batch(which, key, done, n),
+            )
+            matrices[which] = matrix
         for k, v in matrix.items():
             if k.startswith("seconds/"):
                 final[f"seconds/{which}/{k[len('seconds/'):]}"] = v
             else:
                 final[f"{which}/{k}"] = v
-        bar.line(f"{which}: " + ", ".join(f"{k} {v:.3f}" for k, v in matrix.items() if not k.startswith("seconds/")))
+        bar.line(f"{which}: " + ", ".join(f"{k} {v:.3f}" for k, v in matrix.items() if not k.startswith("seconds/"))
+                 + (f" (= {same_as[which]})" if same_as[which] else ""))
     final["time/eval_s"] = time.perf_counter() - t2
     final["n_test"] = n_test
     results = {"config": cfg.to_dict(), "final": final, "epochs": history}

@@ -1,8 +1,11 @@
 """End to end in a real browser: a small real sweep (method.k in {1, 40}, 1 seed, 1 epoch) logs to a real
-``mlflow server``; headless Chromium opens the sweep's experiment page and the compare view of its trial runs
-(the addresses ``orch ui`` prints, from :func:`orchestrator.cli.ui_urls`) and the rendered pages must show the
-trial runs' names, their swept parameter and a robust metric with each run's value. Screenshots of both pages
-are kept in the test's tmp folder (``docs/figures/mlflow_*.png`` are copies of them).
+``mlflow server``; the sweep's view is stored there as ``orch ui`` stores it (:func:`orchestrator.cli.share_view`)
+and headless Chromium opens the addresses ``orch ui`` prints (:func:`orchestrator.cli.ui_urls`): the experiment
+page must list the trial runs flat (not the collapsed parent), best first, with the swept parameter and the
+metric as columns and each run's values; its Chart view a parallel-coordinates chart of the swept parameter
+against the metric; the compare view the runs' names, swept parameter and metric, and no per-trial
+``name``/``out_dir`` params. Screenshots of the pages are kept in the test's tmp folder
+(``docs/figures/mlflow_*.png`` are copies of them).
 
 Chromium (Debian package ``chromium``; ``make test`` installs it) is driven from its command line:
 ``--dump-dom`` after ``--virtual-time-budget`` (virtual time stops while the page's API requests are pending,
@@ -24,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import ui_urls
+from orchestrator.cli import share_view, ui_urls
 from orchestrator.results import read_rows
 
 pytestmark = pytest.mark.slow
@@ -51,7 +54,7 @@ def render(chromium: str, url: str, shot: Path, size: str, budget_ms: int, profi
            "--disable-background-networking", "--disable-quic", "--disable-component-update", "--disable-sync",
            "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
            f"--virtual-time-budget={budget_ms}", f"--window-size={size}", f"--screenshot={shot}", "--dump-dom", url]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # a busy shared machine renders slowly
     assert p.returncode == 0, f"chromium failed ({p.returncode}): {p.stderr[-2000:]}"
     return p.stdout
 
@@ -114,27 +117,48 @@ def test_mlflow_ui_shows_the_sweeps_runs_params_and_robust_metric(chromium, ray_
     with urllib.request.urlopen(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=browser", timeout=10) as r:
         eid = json.loads(r.read())["experiment"]["experiment_id"]
     run_ids = [r["mlflow_run_id"] for r in rows]
-    urls = ui_urls(mlflow_server, eid, run_ids, "best/pgd10_eps8")
-    profile = tmp_path / "chromium-profile"
+    from mlflow.tracking import MlflowClient
 
+    view = share_view(MlflowClient(mlflow_server), eid, ["method.k"], "best/pgd10_eps8", "max")
+    urls = ui_urls(mlflow_server, eid, run_ids, view)
+    assert urls["experiment_url"] == urls["trials_url"]
     def page(url: str, shot: Path, size: str, ready: str) -> str:
-        """Rendered DOM (a second, longer look if the app had not shown ``ready`` yet on a busy machine)."""
+        """Rendered DOM (a second, longer look if the app had not shown ``ready`` yet on a busy machine). A fresh
+        browser profile per address, as a reader opening the printed link: after the Chart view, the UI state it
+        leaves in the profile's local storage keeps the compare page busy past any virtual-time budget."""
         dom = ""
+        profile = tmp_path / f"chromium-profile-{shot.stem}"
         for budget in (10_000, 30_000):
             dom = render(chromium, url, shot, size, budget, profile)
             if ready in text_of(dom):
                 break
         return dom
 
-    # ---- the experiment page: the trial runs (flat, without the sweep's parent run), sorted by the robust metric
+    # ---- the experiment page: the trial runs (flat, without the sweep's parent run), best first by the robust
+    # metric, with the swept parameter and the metric as columns
     exp_png = tmp_path / "mlflow_experiment.png"
-    dom = page(urls["trials_url"], exp_png, "1600,900", "2 matching runs")
+    dom = page(urls["experiment_url"], exp_png, "1600,900", "2 matching runs")
     text = text_of(dom)
     assert "browser" in text and "2 matching runs" in text, text[:3000]
-    for r in rows:
-        assert f">{r['trial_name']}<" in dom, (r["trial_name"], text[:3000])
+    best_first = sorted(rows, key=lambda r: -r["best/pgd10@8"])
+    names = [n for n in re.findall(r">(k=\d+,seed=0)<", dom)]
+    if best_first[0]["best/pgd10@8"] != best_first[1]["best/pgd10@8"]:  # (a tie has no order)
+        assert names[:2] == [r["trial_name"] for r in best_first], (names, text[:3000])
     assert "sweep 20" not in text  # the parent run ("sweep <date>") is filtered out
     assert "Sort: best/pgd10_eps8" in text, text[:3000]
+    assert re.search(r"Metrics Parameters .*best/pgd10_eps8.* method\.k seed", text) or \
+        re.search(r"Parameters Metrics .*method\.k seed .*best/pgd10_eps8", text), text[:3000]  # the columns
+    for r in rows:  # each run's swept value (and seed) and metric value are in its row
+        assert f" {r['config.method.k']} 0 " in text and f"{r['best/pgd10@8']:.3g}"[:4] in text, (r, text[:3000])
+
+    # ---- its Chart view: a parallel-coordinates chart of the swept parameter (and the seed) against the metric
+    chart_png = tmp_path / "mlflow_chart.png"
+    dom = page(urls["chart_url"], chart_png, "1600,1000", "Parallel Coordinates")
+    text = text_of(dom)
+    i = text.find("Parallel Coordinates")
+    assert i >= 0, text[:3000]
+    axes = text[i:i + 600]
+    assert "method.k" in axes and "seed" in axes and "best/pgd10_eps8" in axes, axes
 
     # ---- the compare view: names, the swept parameter and the robust metric of each run, in the URL's order
     cmp_png = tmp_path / "mlflow_compare.png"
@@ -145,10 +169,11 @@ def test_mlflow_ui_shows_the_sweeps_runs_params_and_robust_metric(chromium, ray_
     assert t.get("Run ID:") == run_ids, t.get("Run ID:")
     assert t.get("Run Name:") == ["k=1,seed=0", "k=40,seed=0"], t.get("Run Name:")
     assert t.get("method.k") == ["1", "40"], sorted(t)[:80]
+    assert "out_dir" not in t and "name" not in t  # per-trial paths are tags, not params: the plot shows method.k
     shown = metric_row(dom, "best/pgd10_eps8")
     assert [float(v) for v in shown] == pytest.approx([r["best/pgd10@8"] for r in rows], abs=1e-3), shown
     assert [float(v) for v in metric_row(dom, "best/clean")] == pytest.approx([r["best/clean"] for r in rows], abs=1e-3)
 
-    for png in (exp_png, cmp_png):
+    for png in (exp_png, chart_png, cmp_png):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000, png
-    print(f"screenshots: {exp_png} {cmp_png}")
+    print(f"screenshots: {exp_png} {chart_png} {cmp_png}")

@@ -3,6 +3,7 @@ real MLflow SQLite store; then the results, the MLflow runs, the report, and the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -39,6 +40,12 @@ def test_grid_runs_every_trial_once(grid_sweep) -> None:
     # live progress and the closing summary
     for s in ("start  k=1,seed=0", "done   k=40,seed=1", "results.parquet", "mlflow.db", "orch ui"):
         assert s in res.output, s
+
+
+def test_each_trials_final_evaluation_reaches_the_live_view(grid_sweep) -> None:
+    out = grid_sweep["result"].output
+    for name in ("k=1,seed=0", "k=1,seed=1", "k=40,seed=0", "k=40,seed=1"):
+        assert re.search(rf"eval   {re.escape(name)}: final evaluation ~\S+ \(measured estimate\)", out), out[-3000:]
 
 
 def test_one_mlflow_run_per_trial_nested_under_the_parent(grid_sweep) -> None:

@@ -92,13 +92,20 @@ def test_orch_ui_prints_the_sweeps_pages_and_listens_on_loopback_only(grid_sweep
 
         # the addresses were printed before the exec (a pipe: they must have been flushed)
         assert f"MLflow UI on {base} (Ctrl-C to stop)" in out, out
-        m = re.search(rf"experiment 'grid' \(id (\w+)\): {re.escape(base)}/#/experiments/(\w+)/runs\n", out)
+        m = re.search(rf"experiment 'grid' \(id (\w+)\): {re.escape(base)}/#/experiments/(\w+)/runs\?viewStateShareKey=(\S+)\n", out)
         assert m and m.group(1) == m.group(2), out
-        eid = m.group(1)
+        eid, key = m.group(1), m.group(3)
+        # the experiment page opens on the sweep's view, stored as the UI's own shared views are: the trial runs,
+        # best first, the swept parameter (and seed) and the metric as columns, a parallel-coordinates chart
         m = re.search(rf"its 4 trial runs, best first by best/pgd10_eps8: {re.escape(base)}/#/experiments/{eid}/runs\?(\S+)\n", out)
-        assert m, out
-        q = {k: v[0] for k, v in parse_qs(m.group(1)).items()}
-        assert q == {"searchFilter": "tags.`orch.trial_key` != ''", "orderByKey": "metrics.`best/pgd10_eps8`", "orderByAsc": "false"}
+        assert m and parse_qs(m.group(1)) == {"viewStateShareKey": [key]}, out
+        assert f"chart of the swept parameters against the metric: {base}/#/experiments/{eid}/runs?viewStateShareKey={key}&compareRunsMode=CHART\n" in out, out
+        tags = {t["key"]: t["value"] for t in json.loads(_get(f"{base}/api/2.0/mlflow/experiments/get?experiment_id={eid}")[1])["experiment"]["tags"]}
+        view = json.loads(tags[f"mlflow.sharedViewState.{key}"])
+        assert (view["searchFilter"], view["orderByKey"], view["orderByAsc"]) == ("tags.`orch.trial_key` != ''", "metrics.`best/pgd10_eps8`", False)
+        assert view["selectedColumns"] == ["params.`method.k`", "params.`seed`", "metrics.`best/pgd10_eps8`", "metrics.`best/clean`"]
+        chart = view["compareRunCharts"][0]
+        assert (chart["type"], chart["selectedParams"], chart["selectedMetrics"]) == ("PARALLEL", ["method.k", "seed"], ["best/pgd10_eps8"])
         m = re.search(rf"compare the 4 trial runs: {re.escape(base)}/#/compare-runs\?runs=(\[[^\]]*\])&experiments=(\[[^\]]*\])\n", out)
         assert m, out
         runs, exps = json.loads(unquote(m.group(1))), json.loads(unquote(m.group(2)))
@@ -149,5 +156,5 @@ def test_ui_links_of_a_store_without_the_experiment(tmp_path: Path) -> None:
     # the compare view's route as the MLflow UI writes it (JSON lists, unencoded)
     u = ui_urls("http://h:1", "7", ["a", "b"], None)
     assert u["compare_url"] == 'http://h:1/#/compare-runs?runs=["a","b"]&experiments=["7"]'
-    assert u["experiment_url"] == "http://h:1/#/experiments/7/runs" and "orderByKey" not in u["trials_url"]
+    assert u["experiment_url"] == u["trials_url"] == "http://h:1/#/experiments/7/runs"
     assert ui_urls("http://h:1", "7", [])["compare_url"] is None
