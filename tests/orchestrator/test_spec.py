@@ -150,6 +150,38 @@ def test_hostile_yaml_refused_fast_by_the_real_command(cid: str, tmp_path: Path)
     assert wall < 5, f"{cid} took {wall:.1f} s to refuse"
 
 
+def _orch_importing(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``orch ARGS`` in its own process under ``-X importtime``; return it and every module it imported."""
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "orchestrator", *args], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path)
+    mods = {ln.rsplit("|", 1)[1].strip() for ln in res.stderr.splitlines() if ln.startswith("import time:") and "|" in ln}
+    return res, mods
+
+
+def test_validate_and_dry_run_list_do_not_import_torch(tmp_path: Path) -> None:
+    """orch validate and the trial list of --dry-run check every trial's run config from the torch-free schema."""
+    demo = Path(__file__).resolve().parents[2] / "sweeps" / "k_interval.yaml"
+    res, mods = _orch_importing(tmp_path, "validate", str(demo))
+    assert res.returncode == 0 and "ok: k_interval-demo: 12 trials" in res.stdout, res.stdout + res.stderr[-2000:]
+    assert mods and "torch" not in mods and "training.loop" not in mods, sorted(m for m in mods if m.startswith(("torch", "training")))
+    res, mods = _orch_importing(tmp_path, "sweep", str(demo), "--dry-run", "--no-probe", "--data-dir", str(tmp_path / "d"))
+    assert res.returncode == 0 and "k=40,seed=0" in res.stdout, res.stdout + res.stderr[-2000:]
+    assert "torch" not in mods
+
+
+def test_validate_without_torch_gives_the_same_errors(tmp_path: Path, cli) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(edit({"name: small_cnn}": "name: resnet9000}", "method.k: [1, 40]": "method.k: [0, 40]"}))
+    res, mods = _orch_importing(tmp_path, "validate", str(f))
+    assert res.returncode == 2 and "torch" not in mods
+    inproc = cli("validate", f)  # this test process has torch (and every registry) loaded
+    assert inproc.exit_code == 2
+    problems = [ln.strip() for ln in res.stderr.splitlines() + res.stdout.splitlines() if ln.startswith(f"  {f}")]
+    assert len(problems) == 2 and all(p in inproc.output for p in problems), (problems, inproc.output)
+    assert any("base.model.name: unknown model; known: efficientnet_b0" in p and "'resnet9000'" in p for p in problems), problems
+    assert any("axes.method.k: must be >= 1" in p for p in problems), problems
+
+
 def test_missing_file(tmp_path: Path, cli) -> None:
     res = cli("validate", tmp_path / "nope.yaml")
     assert res.exit_code == 2 and "no such file" in res.output
