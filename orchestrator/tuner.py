@@ -382,7 +382,8 @@ class SweepCallback(tune.Callback):
                 self.results.flush(force=False)
         if self.tracker is not None and (self.tracker.pending or self.deferred):
             if not self.tracker.flush() and self.deferred:
-                self.log_deferred()
+                with span("driver/mlflow_end"):  # trial ends whose curves were still being drawn
+                    self.log_deferred()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for t in trials:
