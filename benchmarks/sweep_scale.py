@@ -257,7 +257,7 @@ def bookkeeping_child(n: int, folder: str, out_json: str) -> None:
     from orchestrator.timing import read
 
     spans = read(os.environ["ORCH_TIMING"])
-    ends = sorted(s["t"] for s in spans if s["what"] == "driver/parquet")
+    ends = sorted(s["t"] for s in spans if s["what"] == "driver/trial_start")  # one per trial
     driver = sorted((s["t"], s["s"]) for s in spans if s["what"].startswith("driver/") and s["what"] != "driver/curves_png")
     Path(out_json).write_text(json.dumps({"wall": wall, "statuses": res.statuses, "ends": ends, "driver": driver}))
 
@@ -276,7 +276,8 @@ def run_bookkeeping(n: int, tmp: Path) -> dict[str, Any]:
 
 
 def flatness(r: dict[str, Any], n: int) -> list[tuple[str, float, float]]:
-    """Driver callback seconds per trial and wall seconds per trial over successive tenths of the trials."""
+    """Driver callback seconds per trial and wall seconds per trial over the first, middle and last tenth of the
+    trials (windows between trial starts)."""
     ends = r["ends"]
     out = []
     tenth = max(1, n // 10)
