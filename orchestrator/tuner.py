@@ -288,10 +288,6 @@ class SweepCallback(tune.Callback):
         # trials that ended and are not in MLflow yet: key -> (trial, checkpoint folder, last result, status, error,
         # its metrics.jsonl records)
         self.deferred: dict[str, tuple[dict[str, Any], Path, dict[str, Any], str, str | None, list[dict[str, Any]]]] = {}
-        # curves.png of ended trials, drawn in one background thread (0.3-3 s each: drawn in the callback, it held
-        # up Tune's event loop, so no trial started meanwhile); a trial's MLflow end waits for its plot
-        self.plots: dict[str, Any] = {}
-        self._plotter: Any = None
 
     # ------------------------------------------------------------------ helpers
     def _info(self, trial: Any) -> _TrialInfo:
@@ -382,7 +378,7 @@ class SweepCallback(tune.Callback):
                 self.results.flush(force=False)
         if self.tracker is not None and (self.tracker.pending or self.deferred):
             if not self.tracker.flush() and self.deferred:
-                with span("driver/mlflow_end"):  # trial ends whose curves were still being drawn
+                with span("driver/mlflow_end"):  # trial ends held back by an MLflow outage
                     self.log_deferred()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -401,30 +397,9 @@ class SweepCallback(tune.Callback):
         with span("driver/parquet", t["key"]):
             self._upsert(t, trial_id, last, status, error, cfg, run_id, out_dir, epochs, write)
         if self.tracker is not None:
-            if status != "failed" and epochs:
-                self.plots[t["key"]] = self._plot(out_dir / "mlflow", t["name"], epochs)
             self.deferred[t["key"]] = (t, src, last, status, error, epochs)
             with span("driver/mlflow_end", t["key"]):
                 self.log_deferred()
-
-    def _plot(self, art: Path, name: str, epochs: list[dict[str, Any]]) -> Any:
-        from concurrent.futures import ThreadPoolExecutor
-
-        if self._plotter is None:
-            self._plotter = ThreadPoolExecutor(1, thread_name_prefix="orch-curves")
-        art.mkdir(parents=True, exist_ok=True)
-        return self._plotter.submit(_plot_curves, epochs, art / "curves.png", name)
-
-    def wait_plots(self) -> None:
-        """Let every submitted plot finish (the end of the sweep) and stop the plotting thread."""
-        if self._plotter is not None:
-            self._plotter.shutdown(wait=True)
-            self._plotter = None
-
-    def stop_plots(self) -> None:
-        if self._plotter is not None:
-            self._plotter.shutdown(wait=False, cancel_futures=True)
-            self._plotter = None
 
     def _upsert(self, t: dict[str, Any], trial_id: str, last: dict[str, Any], status: str, error: str | None,
                 cfg: dict[str, Any], run_id: str | None, out_dir: Path, epochs: list[dict[str, Any]], write: bool) -> None:
@@ -439,13 +414,9 @@ class SweepCallback(tune.Callback):
         then they wait here for the next try). A run created late gets its id into results.parquet too."""
         for key in list(self.deferred):
             t, src, last, status, error, epochs = self.deferred[key]
-            plot = self.plots.get(key)
-            if plot is not None and not plot.done():
-                break  # its curves are being drawn: log it (and those after it, in order) at a later step
             had_run = key in self.tracker.runs
-            if self._log_end(t, src, last, status, error, epochs, plot):
+            if self._log_end(t, src, last, status, error, epochs):
                 del self.deferred[key]
-                self.plots.pop(key, None)
                 if not had_run and key in self.results.rows:
                     self.results.rows[key]["mlflow_run_id"] = self.tracker.runs[key]
                     self.results.dirty = True
@@ -454,7 +425,7 @@ class SweepCallback(tune.Callback):
                 break  # the store is down: keep the order, try again at the next step
 
     def _log_end(self, t: dict[str, Any], src: Path, last: dict[str, Any], status: str, error: str | None,
-                 epochs: list[dict[str, Any]], plot: Any = None) -> bool:
+                 epochs: list[dict[str, Any]]) -> bool:
         """MLflow side of a trial's end; False if its run cannot be created now (nothing was sent)."""
         run_id = self.tracker.runs.get(t["key"])
         if run_id is None:  # its start was never logged here (outage, reconcile after a driver died)
@@ -473,7 +444,7 @@ class SweepCallback(tune.Callback):
         out_dir = trial_dir(self.ctx.trials_dir, t["name"], t["key"])
         art = out_dir / "mlflow"  # kept (not a temp folder): a queued upload still finds its files
         art.mkdir(exist_ok=True)
-        artifacts = _trial_artifacts(src, art, last, t["name"], epochs, drawn=_drew(plot))
+        artifacts = _trial_artifacts(src, art, last, t["name"], epochs)
         final = last if last.get("final") else {"outcome": "stopped"}
         step = int(last.get("epochs_run") or last.get("epoch") or 0)
         self.tracker.log_final(run_id, {k: v for k, v in final.items() if not k.startswith("orch/")}, step, artifacts,
@@ -508,23 +479,11 @@ def _error_text(trial: Any) -> str:
         return str(getattr(trial, "error_msg", "") or "error")
 
 
-def _drew(plot: Any) -> bool:
-    """Whether the plotting thread drew this trial's curves (else they are drawn inline: nothing is lost)."""
-    return plot is not None and plot.done() and not plot.cancelled() and plot.exception() is None
-
-
-def _plot_curves(epochs: list[dict[str, Any]], path: Path, name: str) -> None:
+def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str, epochs: list[dict[str, Any]]) -> list[Path]:
+    """Files logged to a trial's MLflow run: the resolved config, the results (with every epoch), the final
+    robustness matrix and the curves plot of ``epochs`` (its metrics.jsonl records), written into ``tmp``."""
     from orchestrator.report import plot_trial_curves
 
-    with span("driver/curves_png"):  # in the plotting thread
-        plot_trial_curves(epochs, path, title=name)
-
-
-def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str, epochs: list[dict[str, Any]],
-                     drawn: bool = False) -> list[Path]:
-    """Files logged to a trial's MLflow run: the resolved config, the results (with every epoch), the final
-    robustness matrix and the curves plot of ``epochs`` (its metrics.jsonl records), written into ``tmp``
-    (``drawn``: ``tmp/curves.png`` was drawn by the plotting thread already)."""
     out: list[Path] = []
     for f in ("config.json", "results.json"):
         if (src / f).exists():
@@ -537,8 +496,8 @@ def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str, epo
         out.append(p)
     if epochs:
         p = tmp / "curves.png"
-        if not (drawn and p.exists()):
-            _plot_curves(epochs, p, name)
+        with span("driver/curves_png"):
+            plot_trial_curves(epochs, p, title=name)
         out.append(p)
     return out
 
@@ -563,7 +522,6 @@ class SweepResult:
 def _deliver(tracker: Any, handler: SweepCallback, deadline: float, console: Any) -> None:
     """Deliver what an MLflow outage held back (queued calls, then trials that ended during it), retrying until
     ``deadline``; what is still undelivered then is reported by the caller."""
-    handler.wait_plots()
     told = False
     while True:
         left = tracker.flush(force=True)
@@ -732,8 +690,7 @@ def run_sweep(
         return SweepResult(sweep_dir, uri, spec.name, tracker.parent_id if tracker else None, wall, spec.num_trials,
                            counts, interrupted, len(tracker.pending) if tracker else 0, sorted(handler.deferred))
     finally:
-        if handler is not None:  # an interrupted sweep keeps every row it has (plots still queued are dropped)
-            handler.stop_plots()
+        if handler is not None:  # an interrupted sweep keeps every row it has
             try:
                 handler.results.flush()
             except OSError as e:  # a full disk: the error that stopped the sweep is the one to report
