@@ -203,8 +203,8 @@ def breakdown(o: dict[str, Any], direct: dict[str, float]) -> list[tuple[str, st
     table = [
         ("driver", "MLflow: create run + params (trial start)", per(tot.get("driver/mlflow_start", 0.0)), "span"),
         ("driver", "MLflow: tags + epoch metrics", per(tot.get("driver/mlflow_epoch", 0.0)), "span"),
-        ("driver", "MLflow: final metrics, artifacts, status (trial end)", per(tot.get("driver/mlflow_end", 0.0)), "span"),
-        ("driver", "curves.png plot (a background thread of the driver)", per(tot.get("driver/curves_png", 0.0)), "span"),
+        ("driver", "MLflow: final metrics, artifacts, status (trial end)", per(tot.get("driver/mlflow_end", 0.0) - tot.get("driver/curves_png", 0.0)), "span"),
+        ("driver", "  curves.png plot (in the trial end)", per(tot.get("driver/curves_png", 0.0)), "span"),
         ("driver", "results.parquet upsert", per(tot.get("driver/parquet", 0.0)), "span"),
         ("driver", "live view", per(tot.get("driver/live", 0.0)), "span"),
         ("worker", "trial start -> function entered (scheduling, actor start)", statistics.mean(actor) if actor else float("nan"), "spans"),
