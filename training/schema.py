@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from training.config import ConfigError, Params
 
 # sorted, as ``Registry.names()`` lists them (error messages show them in this order)
-DATASETS = ("cifar10", "cifar100", "digits", "imagefolder", "mnist", "svhn", "synthetic")
+DATASETS = ("cifar10", "cifar100", "digits", "imagefolder", "mnist", "mnist5k", "svhn", "synthetic")
 MODELS = (
     "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_b4", "efficientnet_b5",
     "efficientnet_b6", "efficientnet_b7", "preact_resnet18", "resnet101", "resnet152", "resnet18", "resnet50",
