@@ -395,9 +395,12 @@ def _plt():
 
 
 def plot_trial_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """One trial's per-epoch curves (the MLflow artifact ``curves.png``)."""
-    plt = _plt()
-    fig, axs = plt.subplots(1, len(CURVE_KEYS), figsize=(4 * len(CURVE_KEYS), 3))
+    """One trial's per-epoch curves (the MLflow artifact ``curves.png``). Drawn on a bare ``Figure`` (no pyplot
+    state), so the sweep's driver can draw these in a background thread."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * len(CURVE_KEYS), 3))
+    axs = fig.subplots(1, len(CURVE_KEYS))
     ep = [r["epoch"] for r in records]
     for ax, (k, lab) in zip(axs, CURVE_KEYS):
         ax.plot(ep, [curve_scale(k) * r.get(k, float("nan")) for r in records], marker="o", ms=3)
@@ -409,7 +412,6 @@ def plot_trial_curves(records: list[dict[str, Any]], path: Path, title: str = ""
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def _numeric_axis(ax: Any, vals: list[float]) -> None:

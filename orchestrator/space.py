@@ -17,9 +17,10 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import numpy as np
+if TYPE_CHECKING:  # numpy only where a random search draws points (orch validate stays fast)
+    import numpy as np
 
 KINDS = ("values", "choice", "uniform", "loguniform", "randint")
 
@@ -73,6 +74,8 @@ def grid_points(axes: list[Axis]) -> list[dict[str, Any]]:
 
 def random_points(axes: list[Axis], n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` points drawn from the axes with ``np.random.default_rng(seed)`` (deterministic)."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     return [{a.key: a.sample(rng) for a in axes} for _ in range(n)]
 

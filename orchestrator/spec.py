@@ -91,8 +91,77 @@ def _show(v: Any) -> str:
 # --------------------------------------------------------------------------------------------- YAML with lines
 
 
+# Hostile input is refused while loading, in well under a second, before anything walks the document: a sweep
+# file is a few KB, at most ~6 levels deep, with a few hundred values; these bounds are far above that.
+MAX_FILE_BYTES = 1 << 20  # a sweep file (or one --set value) larger than 1 MiB is refused unread
+MAX_DEPTH = 50  # nesting levels ([[[[... ends in a RecursionError in PyYAML's composer otherwise)
+MAX_NODES = 100_000  # values in the document, counting every expansion of an alias (a YAML "alias bomb")
+MAX_SCALAR_CHARS = 4096  # one key or value (PATH_MAX; MLflow refuses params above 6000 characters)
+
+
+class _TooLarge(Exception):
+    def __init__(self, problem: str, mark: Any) -> None:
+        self.problem, self.mark = problem, mark
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader (no tags that build objects, nothing evaluated) that reads ``1e-3`` as a float."""
+    """SafeLoader (no tags that build objects, nothing evaluated) that reads ``1e-3`` as a float and refuses
+    documents nested deeper than ``MAX_DEPTH`` or with more than ``MAX_NODES`` values while composing them."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # the scanner looks up to 1024 characters ahead with a cost that grows with the flow level, so
+        # `[[[[...` is stopped here, while scanning, rather than at the composer (0.4 s later)
+        if self.flow_level >= MAX_DEPTH:
+            raise _TooLarge(f"nested more than {MAX_DEPTH} levels deep", self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._nodes += 1
+        if self._depth >= MAX_DEPTH:
+            raise _TooLarge(f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+        if self._nodes > MAX_NODES:
+            raise _TooLarge(f"more than {MAX_NODES} values", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse aliases that expand to more than ``MAX_NODES`` values or contain themselves, and over-long
+    scalars. Linear in the distinct nodes: each node's expanded size is computed once."""
+    size: dict[int, int] = {}
+    busy: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        if done:
+            busy.discard(nid)
+            kids = [c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode) else node.value
+            size[nid] = 1 + sum(size[id(c)] for c in kids)
+            if size[nid] > MAX_NODES:
+                raise _TooLarge(f"aliases expand to more than {MAX_NODES} values (nested anchors: an alias bomb?)", node.start_mark)
+            continue
+        if nid in size:
+            continue
+        if nid in busy:
+            raise _TooLarge("an alias refers to a collection that contains it (a recursive alias)", node.start_mark)
+        if isinstance(node, yaml.ScalarNode):
+            if len(node.value) > MAX_SCALAR_CHARS:
+                raise _TooLarge(f"a value of {len(node.value)} characters (at most {MAX_SCALAR_CHARS})", node.start_mark)
+            size[nid] = 1
+            continue
+        busy.add(nid)
+        stack.append((node, True))
+        kids = [c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode) else node.value
+        stack.extend((c, False) for c in kids)
 
 
 _Loader.add_implicit_resolver(
@@ -125,11 +194,14 @@ def _walk(node: yaml.Node, path: Path_, lines: dict[Path_, int], dups: list[tupl
 
 def parse_yaml(text: str, where: str) -> tuple[Any, dict[Path_, int]]:
     """Parse one YAML document; returns (data, {path: line}). Raises SpecErrors on syntax errors and duplicates."""
+    if len(text) > MAX_FILE_BYTES:
+        raise SpecErrors([SpecError(where, "", _MISSING, f"{len(text)} characters: too large for a sweep file (at most {MAX_FILE_BYTES})")])
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}
+        _check_expansion(node)
         lines: dict[Path_, int] = {}
         dups: list[tuple[Path_, int]] = []
         _walk(node, (), lines, dups)
@@ -148,6 +220,9 @@ def parse_yaml(text: str, where: str) -> tuple[Any, dict[Path_, int]]:
         raise SpecErrors([SpecError(f"{where}:{ln}" if ln else where, "", _MISSING, f"YAML syntax error: {msg}", ln)]) from None
     except yaml.YAMLError as e:
         raise SpecErrors([SpecError(where, "", _MISSING, f"YAML error: {e}")]) from None
+    except _TooLarge as e:
+        ln = e.mark.line + 1 if e.mark is not None else None
+        raise SpecErrors([SpecError(f"{where}:{ln}" if ln else where, "", _MISSING, f"refused: {e.problem}", ln)]) from None
     finally:
         loader.dispose()
 
@@ -365,7 +440,13 @@ def load_spec(
     path = Path(path)
     where = str(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as fh:  # read at most one byte past the cap: a huge file (or /dev/zero) is not read whole
+            raw = fh.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            size = path.stat().st_size if path.is_file() else None
+            got = f"{size / 2**20:.1f} MiB" if size else f"more than {MAX_FILE_BYTES} bytes"
+            raise SpecErrors([SpecError(where, "", _MISSING, f"{got}: too large for a sweep file (at most {MAX_FILE_BYTES >> 20} MiB)")])
+        text = raw.decode()
     except FileNotFoundError:
         raise SpecErrors([SpecError(where, "", _MISSING, "no such file")]) from None
     except (OSError, UnicodeDecodeError) as e:

@@ -83,15 +83,19 @@ def run_config_dict(ctx: TrialContext, trial: dict[str, Any], out_dir: Path) -> 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable. ``config["trial"]`` = ``{"swept", "seed", "name", "key"}``."""
-    import torch
-    from ray import tune
+    from orchestrator.timing import emit, span
 
-    from training import run
-    from training.config import RunConfig
+    trial = config["trial"]
+    emit("worker/enter", 0.0, trial["key"])
+    with span("worker/imports", trial["key"]):  # paid once per worker process (reuse_actors keeps it)
+        import torch
+        from ray import tune
+
+        from training import run
+        from training.config import RunConfig
 
     DETERMINISTIC = _deterministic()  # errors a retry repeats: data that is not there, a bad config
     t_start = time.time()
-    trial = config["trial"]
     out_dir = trial_dir(ctx.trials_dir, trial["name"], trial["key"])
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -112,7 +116,13 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         }
         (out_dir / "orch_trial.json").write_text(json.dumps({**trial, **meta}, indent=2, default=str))
 
+        emit("worker/prepare", time.time() - t_start, trial["key"])  # imports excluded
+
         def report(record: dict[str, Any], with_checkpoint: bool = True, **extra: Any) -> None:
+            with span("worker/report", trial["key"]):
+                _report(record, with_checkpoint, **extra)
+
+        def _report(record: dict[str, Any], with_checkpoint: bool = True, **extra: Any) -> None:
             state["wall_s"] += time.time() - report.t  # type: ignore[attr-defined]
             report.t = time.time()  # type: ignore[attr-defined]
             _write_state(out_dir, state)
@@ -130,8 +140,11 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         for i, rec in enumerate(replay):
             report(rec, with_checkpoint=(i == len(replay) - 1), **{"orch/replayed": 1})
         try:
+            t_run = time.perf_counter()
             for rec in run(cfg, resume=resume, on_eval=_eval_reporter(tune)):
+                emit("worker/run_final" if rec.get("final") else "worker/run_epoch", time.perf_counter() - t_run, trial["key"])
                 report(rec)
+                t_run = time.perf_counter()
                 if ctx.crash_once and not rec.get("final"):
                     _maybe_crash(ctx.crash_once, trial["name"])
         except DETERMINISTIC as e:

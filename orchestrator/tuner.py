@@ -81,6 +81,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from orchestrator.live import LiveView  # noqa: E402
 from orchestrator.results import ResultsFile, trial_row  # noqa: E402
 from orchestrator.spec import EPOCH_METRICS, SweepSpec, trial_key  # noqa: E402
+from orchestrator.timing import emit, span  # noqa: E402
 from orchestrator.space import optuna_space, trial_name  # noqa: E402
 from orchestrator.trainable import CRASH_ONCE_ENV, ERROR_KEY, TrialContext, run_config_dict, train_trial, trial_dir  # noqa: E402
 
@@ -320,8 +321,11 @@ class SweepCallback(tune.Callback):
     # ------------------------------------------------------------------ hooks
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         i = self._info(trial)
-        self._run(trial, i)
-        self.live.started(i.key, i.name, i.epochs)
+        emit("driver/trial_start", 0.0, i.key)
+        with span("driver/mlflow_start", i.key):
+            self._run(trial, i)
+        with span("driver/live", i.key):
+            self.live.started(i.key, i.name, i.epochs)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         i = self._info(trial)
@@ -329,6 +333,14 @@ class SweepCallback(tune.Callback):
             self.live.result(i.key, i.name, i.epochs, result)
             return
         i.last = dict(result)
+        with span("driver/mlflow_epoch", i.key):
+            self._log_result(trial, i, result)
+        if result.get("final"):
+            i.final = dict(result)
+        with span("driver/live", i.key):
+            self.live.result(i.key, i.name, i.epochs, result)
+
+    def _log_result(self, trial: Any, i: _TrialInfo, result: dict) -> None:
         run_id = self._run(trial, i)
         if run_id is not None:
             self.tracker.set_tags(run_id, {
@@ -337,9 +349,6 @@ class SweepCallback(tune.Callback):
             }, once=True)
             if not result.get("final"):
                 self.tracker.log_epoch(run_id, {k: v for k, v in result.items() if k in EPOCH_METRICS or k == "time/trial_s"})
-        if result.get("final"):
-            i.final = dict(result)
-        self.live.result(i.key, i.name, i.epochs, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         i = self._info(trial)
@@ -350,7 +359,8 @@ class SweepCallback(tune.Callback):
             return
         status = "finished" if last.get("final") else "stopped"
         self.record(trial.config["trial"], trial.trial_id, trial.checkpoint, last, status)
-        self.live.finished(i.key, i.name, "done" if status == "finished" else "stopped")
+        with span("driver/live", i.key):
+            self.live.finished(i.key, i.name, "done" if status == "finished" else "stopped")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         i = self._info(trial)
@@ -363,9 +373,13 @@ class SweepCallback(tune.Callback):
         self.live.finished(i.key, i.name, "failed", err)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.results.dirty:
+            with span("driver/parquet"):
+                self.results.flush(force=False)
         if self.tracker is not None and (self.tracker.pending or self.deferred):
             if not self.tracker.flush() and self.deferred:
-                self.log_deferred()
+                with span("driver/mlflow_end"):  # trial ends held back by an MLflow outage
+                    self.log_deferred()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         for t in trials:
@@ -380,14 +394,20 @@ class SweepCallback(tune.Callback):
         run_id = self.tracker.runs.get(t["key"]) if self.tracker is not None else None
         src = Path(checkpoint.path) if checkpoint is not None else out_dir
         epochs = _epoch_rows(src)
+        with span("driver/parquet", t["key"]):
+            self._upsert(t, trial_id, last, status, error, cfg, run_id, out_dir, epochs, write)
+        if self.tracker is not None:
+            self.deferred[t["key"]] = (t, src, last, status, error, epochs)
+            with span("driver/mlflow_end", t["key"]):
+                self.log_deferred()
+
+    def _upsert(self, t: dict[str, Any], trial_id: str, last: dict[str, Any], status: str, error: str | None,
+                cfg: dict[str, Any], run_id: str | None, out_dir: Path, epochs: list[dict[str, Any]], write: bool) -> None:
         self.results.upsert(trial_row(
             key=t["key"], name=t["name"], index=self.index.get(t["key"]), seed=t["seed"], status=status, last_result=last,
             config=cfg, error=error, tune_trial_id=trial_id, mlflow_run_id=run_id, out_dir=str(out_dir),
             epoch_record=epochs[-1] if epochs else None,
         ), write=write)
-        if self.tracker is not None:
-            self.deferred[t["key"]] = (t, src, last, status, error, epochs)
-            self.log_deferred()
 
     def log_deferred(self) -> None:
         """Log the trials that ended but are not yet in MLflow (all of them, unless the store is unreachable:
@@ -399,7 +419,8 @@ class SweepCallback(tune.Callback):
                 del self.deferred[key]
                 if not had_run and key in self.results.rows:
                     self.results.rows[key]["mlflow_run_id"] = self.tracker.runs[key]
-                    self.results.write()
+                    self.results.dirty = True
+                    self.results.flush(force=False)
             else:
                 break  # the store is down: keep the order, try again at the next step
 
@@ -475,7 +496,8 @@ def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str, epo
         out.append(p)
     if epochs:
         p = tmp / "curves.png"
-        plot_trial_curves(epochs, p, title=name)
+        with span("driver/curves_png"):
+            plot_trial_curves(epochs, p, title=name)
         out.append(p)
     return out
 
@@ -596,6 +618,7 @@ def run_sweep(
             holder["error"] = e
 
     th = None
+    handler: SweepCallback | None = None
     if uri:
         th = threading.Thread(target=start_tracking, name="orch-mlflow-start", daemon=True)
         th.start()
@@ -645,6 +668,7 @@ def run_sweep(
             tuner = _new_tuner(spec, sweep_dir, trainable, handler_key, concurrency)
         with live:
             grid = tuner.fit() if tuner is not None else []
+        results.flush()
         _reconcile(spec, handler, grid, results)
         if spec.search.algorithm == "optuna":
             fail_zombie_optuna_trials(_optuna_url(sweep_dir, spec), spec.name)
@@ -666,6 +690,11 @@ def run_sweep(
         return SweepResult(sweep_dir, uri, spec.name, tracker.parent_id if tracker else None, wall, spec.num_trials,
                            counts, interrupted, len(tracker.pending) if tracker else 0, sorted(handler.deferred))
     finally:
+        if handler is not None:  # an interrupted sweep keeps every row it has
+            try:
+                handler.results.flush()
+            except OSError as e:  # a full disk: the error that stopped the sweep is the one to report
+                log.warning("could not write %s: %s", handler.results.path, e)
         _HANDLERS.pop(str(sweep_dir), None)
         if own_ray:
             ray.shutdown()

@@ -206,12 +206,9 @@ class RunConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        from training import registry  # registries are filled by importing their packages
-        import training.activations  # noqa: F401
-        import training.attacks  # noqa: F401
-        import training.data  # noqa: F401
-        import training.methods  # noqa: F401
-        import training.models  # noqa: F401
+        # names and method parameters come from the torch-free schema (the same names the plug-ins register,
+        # checked by tests/training/test_schema.py), so a config is checked without importing torch
+        from training import schema
 
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
@@ -224,7 +221,7 @@ class RunConfig:
             raise ConfigError("out_dir", self.out_dir, "must not be empty")
 
         d = self.data
-        _known(registry.DATASETS, "data.name", d.name)
+        _known("dataset", schema.DATASETS, "data.name", d.name)
         if d.image_size is not None:
             _positive("data.image_size", d.image_size)
         if d.channels not in (None, 1, 3):
@@ -244,8 +241,8 @@ class RunConfig:
             raise ConfigError("data.num_workers", d.num_workers, "must be >= 0")
 
         m = self.model
-        _known(registry.MODELS, "model.name", m.name)
-        _known(registry.ACTIVATIONS, "model.activation", m.activation)
+        _known("model", schema.MODELS, "model.name", m.name)
+        _known("activation", schema.ACTIVATIONS, "model.activation", m.activation)
         if m.act_alpha is not None and m.act_alpha <= 0:
             raise ConfigError("model.act_alpha", m.act_alpha, "must be > 0")
         if m.width is not None:
@@ -254,10 +251,9 @@ class RunConfig:
         if not (0 <= self.threat.eps_255 <= 255):
             raise ConfigError("threat.eps_255", self.threat.eps_255, "must be in [0, 255]")
 
-        _known(registry.METHODS, "method.name", self.method.name)
-        method_cls = registry.METHODS.get(self.method.name)
+        _known("method", schema.METHODS, "method.name", self.method.name)
         # re-validates the parameters (types, ranges) through the method's own Params dataclass
-        method_cls.Params.from_dict(dict(self.method.params), prefix="method")
+        schema.METHOD_PARAMS[self.method.name].from_dict(dict(self.method.params), prefix="method")
 
         o = self.optim
         if o.lr < 0:
@@ -285,11 +281,9 @@ class RunConfig:
         _positive("eval.aa_n_queries", e.aa_n_queries)
         if e.subset is not None:
             _positive("eval.subset", e.subset)
-        from training.attacks.presets import EVAL_PRESETS
-
         for i, col in enumerate(e.attacks):
-            if col not in EVAL_PRESETS:
-                raise ConfigError(f"eval.attacks[{i}]", col, f"unknown attack; known: {', '.join(EVAL_PRESETS)}")
+            if col not in schema.EVAL_COLUMNS:
+                raise ConfigError(f"eval.attacks[{i}]", col, f"unknown attack; known: {', '.join(schema.EVAL_COLUMNS)}")
         for i, x in enumerate(e.eps_255):
             if not 0 <= x <= 255:
                 raise ConfigError(f"eval.eps_255[{i}]", x, "must be in [0, 255]")
@@ -314,10 +308,9 @@ class RunConfig:
     def data_epochs(self) -> int:
         """Passes over the training data run() makes, i.e. the epoch records it yields: ``epochs``, except for a
         method that counts otherwise (Free-AT with ``divide_epochs``: ceil(epochs / m))."""
-        from training import registry
+        from training.schema import METHOD_PARAMS  # torch-free: the method's Params counts
 
-        cls = registry.METHODS.get(self.method.name)
-        return cls.data_epochs(self.epochs, cls.Params.from_dict(dict(self.method.params)))
+        return METHOD_PARAMS[self.method.name].from_dict(dict(self.method.params)).data_epochs(self.epochs)
 
 
 # named final evaluations (``orch train --eval NAME``): eval.* keys applied before --set
@@ -376,9 +369,9 @@ def _positive(key: str, v: float) -> None:
         raise ConfigError(key, v, "must be > 0")
 
 
-def _known(reg: Any, key: str, name: str) -> None:
-    if name not in reg:
-        raise ConfigError(key, name, f"unknown {reg.kind}; known: {', '.join(reg.names())}")
+def _known(kind: str, names: tuple[str, ...], key: str, name: str) -> None:
+    if name not in names:
+        raise ConfigError(key, name, f"unknown {kind}; known: {', '.join(names)}")
 
 
 def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
@@ -406,8 +399,7 @@ def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
 
 
 def _build_method(v: Any, key: str) -> MethodConfig:
-    from training.registry import METHODS
-    import training.methods  # noqa: F401  (fills the registry)
+    from training.schema import METHOD_PARAMS
 
     if isinstance(v, str):
         v = {"name": v}
@@ -415,9 +407,9 @@ def _build_method(v: Any, key: str) -> MethodConfig:
         raise ConfigError(key, v, "must be a mapping with 'name' and the method's parameters")
     v = dict(v)
     name = v.pop("name", "standard")
-    if not isinstance(name, str) or name not in METHODS:
-        raise ConfigError(f"{key}.name", name, f"unknown method; known: {', '.join(METHODS.names())}")
-    params = METHODS.get(name).Params.from_dict(v, prefix=key)
+    if not isinstance(name, str) or name not in METHOD_PARAMS:
+        raise ConfigError(f"{key}.name", name, f"unknown method; known: {', '.join(METHOD_PARAMS)}")
+    params = METHOD_PARAMS[name].from_dict(v, prefix=key)
     return MethodConfig(name=name, params=types.MappingProxyType(params.to_dict()))
 
 
@@ -489,6 +481,11 @@ class Params:
 
     def check(self, prefix: str) -> None:  # ranges; overridden per method
         pass
+
+    def data_epochs(self, epochs: int) -> int:
+        """Passes over the training data that a budget of ``epochs`` means for this method (overridden by
+        Free-AT's ``divide_epochs``); ``Method.data_epochs`` and ``RunConfig.data_epochs`` ask this."""
+        return epochs
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}

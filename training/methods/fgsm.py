@@ -9,30 +9,19 @@ Deviation shared by all: the attack gradient is taken with respect to the input 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from training.config import ConfigError, Params
 from training.methods.base import Method, clip_eps, project, uniform_delta
 from training.registry import METHODS
-
-
-@dataclass(frozen=True)
-class _AlphaParams(Params):
-    alpha_255: float | None = None  # step size in /255 units (None: the method's default)
-
-    def check(self, prefix: str) -> None:
-        if self.alpha_255 is not None and self.alpha_255 <= 0:
-            raise ConfigError(f"{prefix}.alpha_255", self.alpha_255, "must be > 0")
+from training.schema import AlphaParams, FGSMCKPTParams, FGSMGAParams
 
 
 @METHODS.register("fgsm")
 class FGSM(Method):
     """FGSM from a zero start: δ = clip_ε(α·sign ∇ₓCE(f(x), y)), α = ε by default; x+δ clamped to [0,1]."""
 
-    Params = _AlphaParams
+    Params = AlphaParams
     passes = {"fwd": 2, "bwd_full": 1, "bwd_input": 1}
 
     def step(self, x, y, it):
@@ -46,7 +35,7 @@ class FGSM(Method):
 class FGSMRS(Method):
     """FGSM-RS (spec §3): δ ~ U[-ε,ε] (clamped to the image), one step of α = 1.25ε, clip, clamp, train."""
 
-    Params = _AlphaParams
+    Params = AlphaParams
     passes = {"fwd": 2, "bwd_full": 1, "bwd_input": 1}
 
     def step(self, x, y, it):
@@ -65,14 +54,7 @@ class FGSMGA(Method):
     λ defaults to the paper's CIFAR-10 rule λ(ε) = 0.02·10^(ε·255/8) (0.2 at 8/255, 2.0 at 16/255).
     """
 
-    @dataclass(frozen=True)
-    class Params(_AlphaParams):
-        grad_align_lambda: float | None = None
-
-        def check(self, prefix: str) -> None:
-            super().check(prefix)
-            if self.grad_align_lambda is not None and self.grad_align_lambda < 0:
-                raise ConfigError(f"{prefix}.grad_align_lambda", self.grad_align_lambda, "must be >= 0")
+    Params = FGSMGAParams
 
     passes = {"fwd": 3, "bwd_full": 2, "bwd_input": 1}  # + a double backprop through the g2 graph
 
@@ -113,14 +95,7 @@ class FGSMCKPT(Method):
     ``alpha_255`` sets it in /255.
     """
 
-    @dataclass(frozen=True)
-    class Params(_AlphaParams):
-        c: int = 3
-
-        def check(self, prefix: str) -> None:
-            super().check(prefix)
-            if self.c < 1:
-                raise ConfigError(f"{prefix}.c", self.c, "must be >= 1")
+    Params = FGSMCKPTParams
 
     passes = {"fwd": 2 + 2 / 3, "bwd_full": 1, "bwd_input": 1}  # checkpoint forwards only on the correct subset
 

@@ -19,15 +19,13 @@ Choices, logged in the resolved config:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
 from training.activations import grad_phase
-from training.config import ConfigError, Params
 from training.methods.base import Method, clip_eps, smoothed_ce
 from training.registry import METHODS
+from training.schema import FGSMSDIParams
 
 
 class Generator(nn.Module):
@@ -57,29 +55,7 @@ class Generator(nn.Module):
 
 @METHODS.register("fgsm_sdi")
 class FGSMSDI(Method):
-    @dataclass(frozen=True)
-    class Params(Params):
-        k: int = 20  # generator update interval, in target steps (--att_num)
-        alpha_255: float | None = None  # FGSM step at x+η; default ε (the reference's 8/255)
-        label_smoothing: float = 0.9  # weight of the true class in LS-CE (--factor); 1.0 = plain CE
-        gen_lr: float = 1e-3  # Adam
-        gen_weight_decay: float = 5e-4  # the reference reuses the target's weight decay
-        gen_width: int = 64
-        clamp: bool = True
-
-        def check(self, prefix: str) -> None:
-            if self.k < 1:
-                raise ConfigError(f"{prefix}.k", self.k, "must be >= 1 (the generator updates every k steps)")
-            if self.alpha_255 is not None and self.alpha_255 <= 0:
-                raise ConfigError(f"{prefix}.alpha_255", self.alpha_255, "must be > 0")
-            if not 0 < self.label_smoothing <= 1:
-                raise ConfigError(f"{prefix}.label_smoothing", self.label_smoothing, "must be in (0, 1]")
-            if self.gen_lr <= 0:
-                raise ConfigError(f"{prefix}.gen_lr", self.gen_lr, "must be > 0")
-            if self.gen_weight_decay < 0:
-                raise ConfigError(f"{prefix}.gen_weight_decay", self.gen_weight_decay, "must be >= 0")
-            if self.gen_width < 1:
-                raise ConfigError(f"{prefix}.gen_width", self.gen_width, "must be >= 1")
+    Params = FGSMSDIParams
 
     # target passes per iteration (+ (2 fwd + 1 full bwd)/k on generator steps, + the generator's own passes)
     passes = {"fwd": 3, "bwd_full": 1, "bwd_input": 2}

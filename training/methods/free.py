@@ -24,37 +24,20 @@ the "train" phase.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from training.activations import grad_phase
-from training.config import ConfigError, Params
 from training.methods.base import Method, project
 from training.registry import METHODS
+from training.schema import FreeParams
 
 
 @METHODS.register("free")
 class Free(Method):
-    @dataclass(frozen=True)
-    class Params(Params):
-        m: int = 8
-        alpha_255: float | None = None  # step size; default ε
-        divide_epochs: bool = False  # true: ceil(epochs / m) data passes (Shafahi et al.); false: epochs (thesis)
-
-        def check(self, prefix: str) -> None:
-            if self.m < 1:
-                raise ConfigError(f"{prefix}.m", self.m, "must be >= 1")
-            if self.alpha_255 is not None and self.alpha_255 <= 0:
-                raise ConfigError(f"{prefix}.alpha_255", self.alpha_255, "must be > 0")
+    Params = FreeParams
 
     passes = {"fwd": 1, "bwd_full": 1, "bwd_input": 0}  # per replay
-
-    @classmethod
-    def data_epochs(cls, epochs: int, params: Params) -> int:
-        return math.ceil(epochs / params.m) if params.divide_epochs else epochs
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

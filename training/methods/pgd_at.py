@@ -7,25 +7,14 @@ dropped (it also nudged the BN running statistics).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from training.config import ConfigError, Params
 from training.methods.base import Method, project, uniform_delta
 from training.registry import METHODS
+from training.schema import PGDATParams
 
 
 @METHODS.register("pgd_at")
 class PGDAT(Method):
-    @dataclass(frozen=True)
-    class Params(Params):
-        steps: int = 10
-        alpha_255: float | None = None  # default 2/255
-
-        def check(self, prefix: str) -> None:
-            if self.steps < 1:
-                raise ConfigError(f"{prefix}.steps", self.steps, "must be >= 1")
-            if self.alpha_255 is not None and self.alpha_255 <= 0:
-                raise ConfigError(f"{prefix}.alpha_255", self.alpha_255, "must be > 0")
+    Params = PGDATParams
 
     passes = {"fwd": 11, "bwd_full": 1, "bwd_input": 10}
 

@@ -1,18 +1,14 @@
 """``standard``: no attack; clean training (the baseline every robust number is read against)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from training.config import Params
 from training.methods.base import Method
 from training.registry import METHODS
+from training.schema import StandardParams
 
 
 @METHODS.register("standard")
 class Standard(Method):
-    @dataclass(frozen=True)
-    class Params(Params):
-        pass
+    Params = StandardParams
 
     passes = {"fwd": 1, "bwd_full": 1, "bwd_input": 0}
     attacks = False  # clean accuracy far above PGD accuracy is expected here, not catastrophic overfitting
