@@ -127,10 +127,14 @@ def test_a_finished_sweep_is_shown_again_and_its_dry_run_writes_nothing(grid_swe
     for s in ("k=1", "k=40", "where everything is", "results.parquet", "this sweep already ran (4 finished)", f"remove {sdir}"):
         assert s in out, (s, out)
     assert "start  " not in out  # no trial ran
-    assert _snapshot(sdir) == before  # neither command wrote anything
+    # --resume (the README's last step) on a sweep whose every trial finished: the same, not a second run of it
+    res = cli("sweep", f, "--data-dir", data, "--resume")
+    assert res.exit_code == 0, res.output
+    assert "this sweep already ran (4 finished)" in res.output and "start  " not in res.output
+    assert _snapshot(sdir) == before  # none of the three commands wrote anything
     mlflow.set_tracking_uri(f"sqlite:///{sdir}/mlflow.db")
     parents = [r for r in mlflow.search_runs(experiment_names=["grid"], output_format="list") if r.data.tags.get("orch.role") == "sweep"]
-    assert len(parents) == len({p.info.run_id for p in parents})
+    assert len(parents) == 1, [p.info.run_id for p in parents]  # one sweep, one parent run
     # the browse hint is a command that runs without an activated environment
     m = re.search(r"browse\s+(\S+) ui ", out)
     assert m, out
