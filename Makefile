@@ -27,8 +27,10 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 venv: $(STAMP)
 
+# Again after an interrupted demo (Ctrl-C): --resume continues it; after a finished one --resume shows its results.
+DEMO_DIR = $${ORCH_DATA_DIR:-orch_data}/sweeps/k_interval-demo
 demo: $(STAMP)
-	$(VENV)/bin/orch sweep sweeps/k_interval.yaml
+	$(VENV)/bin/orch sweep sweeps/k_interval.yaml $$(test -f $(DEMO_DIR)/sweep.json && echo --resume)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900

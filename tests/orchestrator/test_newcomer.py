@@ -342,6 +342,29 @@ def test_make_shows_progress_while_pip_installs(tmp_path) -> None:
     assert len([t for t in working if t < done - 0.5]) >= 2, (working, done)
 
 
+def test_make_demo_again_resumes_an_interrupted_demo(tmp_path) -> None:
+    """`make demo` after a Ctrl-C continues the sweep (--resume) instead of stopping at "already holds this sweep"
+    (exit 2); the first `make demo` starts it plainly. orch itself is replaced by a script that prints its arguments
+    (what --resume does with a finished or interrupted sweep is tested above and in test_reliability.py)."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "orch").write_text("#!/bin/sh\necho \"orch $*\"\n")
+    (venv / "bin" / "orch").chmod(0o755)
+    (venv / ".installed").touch()  # newer than the requirements: no set-up
+    env = {**os.environ, "ORCH_DATA_DIR": str(tmp_path / "data")}
+
+    def demo() -> str:
+        r = subprocess.run(["make", "-s", "demo", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert demo() == "orch sweep sweeps/k_interval.yaml"
+    sdir = tmp_path / "data" / "sweeps" / "k_interval-demo"
+    sdir.mkdir(parents=True)
+    (sdir / "sweep.json").write_text("{}")  # a sweep was started there
+    assert demo() == "orch sweep sweeps/k_interval.yaml --resume"
+
+
 def test_study_reports_cite_nothing_in_a_temporary_folder() -> None:
     """A reader has the repository, not the machine a demo ran on: no report points into /tmp."""
     bad = [f"{p.relative_to(REPO)}:{i}" for p in sorted((REPO / "docs" / "studies").rglob("*.md"))
