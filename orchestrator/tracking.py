@@ -13,7 +13,11 @@ The only module that imports ``mlflow`` (lazily, inside :class:`Tracker`).
   checkpoint, a replay) are therefore not logged twice.
 - *Speed.* One ``log_batch`` per epoch, with the user metrics only. stack.md Q3 measured 13.6 s for the
   batched driver callback against 18.7 s for the stock per-metric callback (the same lean server; baseline
-  13.2 s). Workers also skip ``import mlflow`` (2.4 s each) and keep no HTTP connection.
+  13.2 s). Workers also skip ``import mlflow`` (2.4 s each) and keep no HTTP connection. Every call is paid once
+  per trial on the driver, so a trial costs few: ``create_run`` and one ``log_batch`` of params at its start, the
+  worker's tags in its first epoch's ``log_batch``, and at its end one ``log_batch`` (final numbers and outcome
+  tags), one ``log_artifacts`` for its files and ``set_terminated`` (issue 14: 6 calls for a 1-epoch trial,
+  11 before).
 - *SQLite.* With the default ``sqlite:///<sweep>/mlflow.db`` store, a single writing process never sees
   "database is locked".
 - *Outages.* A failed call is retried with back-off, then queued; while anything is queued, later calls join
