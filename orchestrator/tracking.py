@@ -13,7 +13,11 @@ The only module that imports ``mlflow`` (lazily, inside :class:`Tracker`).
   checkpoint, a replay) are therefore not logged twice.
 - *Speed.* One ``log_batch`` per epoch, with the user metrics only. stack.md Q3 measured 13.6 s for the
   batched driver callback against 18.7 s for the stock per-metric callback (the same lean server; baseline
-  13.2 s). Workers also skip ``import mlflow`` (2.4 s each) and keep no HTTP connection.
+  13.2 s). Workers also skip ``import mlflow`` (2.4 s each) and keep no HTTP connection. Every call is paid once
+  per trial on the driver, so a trial costs few: ``create_run`` and one ``log_batch`` of params at its start, the
+  worker's tags in its first epoch's ``log_batch``, and at its end one ``log_batch`` (final numbers and outcome
+  tags), one ``log_artifacts`` for its files and ``set_terminated`` (issue 14: 6 calls for a 1-epoch trial,
+  11 before).
 - *SQLite.* With the default ``sqlite:///<sweep>/mlflow.db`` store, a single writing process never sees
   "database is locked".
 - *Outages.* A failed call is retried with back-off, then queued; while anything is queued, later calls join
@@ -277,30 +281,36 @@ class Tracker:
         return run_id is not None and self.run_status.get(run_id) == status
 
     def set_tags(self, run_id: str, tags: dict[str, Any], once: bool = False) -> None:
+        """Set tags (None values are left out). ``once``: the worker's tags (host, torch...), set once per run
+        in this invocation (:meth:`log_epoch` sends them with the first epoch instead)."""
         if once and run_id in self.tagged:
             return
-        from mlflow.entities import RunTag
-
-        self._call(self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items() if v is not None])
+        self._log_batch(run_id, [], tags)
         self.tagged.add(run_id)
 
-    def log_epoch(self, run_id: str, record: dict[str, Any]) -> bool:
-        """Log one epoch record (skipped if that epoch is already in the run); True if logged."""
+    def log_epoch(self, run_id: str, record: dict[str, Any], tags: dict[str, Any] | None = None) -> bool:
+        """Log one epoch record (skipped if that epoch is already in the run); True if logged. ``tags`` (the
+        worker's, set once per run: see :meth:`set_tags`) go in the same ``log_batch``."""
         epoch = int(record["epoch"])
         done = self.logged.setdefault(run_id, set())
-        if epoch in done:
-            return False
-        self._log_metrics(run_id, record, step=epoch)
-        done.add(epoch)
-        return True
+        new = epoch not in done
+        if tags:
+            self.tagged.add(run_id)
+        self._log_batch(run_id, _metrics(record, epoch) if new else [], tags or {})
+        if new:
+            done.add(epoch)
+        return new
 
     def log_final(self, run_id: str, final: dict[str, Any], step: int, artifacts: list[Path], status: str) -> None:
         """The final record's numbers (at the last epoch's step), outcome tags, artifacts, and the run status."""
         tags = {f"orch.{k}": v for k, v in final.items() if k in ("outcome", "co_epoch", "diverged_epoch", "best_epoch") and v is not None}
-        self.set_tags(run_id, tags)
-        self._log_metrics(run_id, {k: v for k, v in final.items() if k.startswith(FINAL_PREFIXES) or k in FINAL_KEYS}, step=step)
-        for a in artifacts:
-            if a.exists():
+        self._log_batch(run_id, _metrics({k: v for k, v in final.items() if k.startswith(FINAL_PREFIXES) or k in FINAL_KEYS}, step), tags)
+        files = [a for a in artifacts if a.exists()]
+        folders = {a.parent for a in files}
+        if len(folders) == 1 and {f.name for f in next(iter(folders)).iterdir()} == {a.name for a in files}:
+            self._call(self.client.log_artifacts, run_id, str(next(iter(folders))))  # one call for the lot
+        else:
+            for a in files:
                 self._call(self.client.log_artifact, run_id, str(a))
         self._call(self.client.set_terminated, run_id, status)
         self.run_status[run_id] = status
@@ -317,17 +327,31 @@ class Tracker:
         self.run_status[run_id] = "FAILED"
 
     def _log_metrics(self, run_id: str, record: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
+        self._log_batch(run_id, _metrics(record, step), {})
 
-        ts = int(time.time() * 1000)
-        metrics = [
-            Metric(mlflow_key(k), float(v), ts, step)
-            for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("orch/") and v is not None
-            and not (isinstance(v, float) and math.isinf(v))
-        ]
-        for i in range(0, len(metrics), 1000):
-            self._call(self.client.log_batch, run_id, metrics=metrics[i : i + 1000])
+    def _log_batch(self, run_id: str, metrics: list[Any], tags: dict[str, Any]) -> None:
+        """Metrics and tags (None values left out) in as few ``log_batch`` calls as MLflow's limits allow (1000
+        entries, at most 100 of them tags): one, for an epoch or a trial's final numbers."""
+        from mlflow.entities import RunTag
+
+        rtags = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        while metrics or rtags:
+            t, rtags = rtags[:100], rtags[100:]
+            m, metrics = metrics[: 1000 - len(t)], metrics[1000 - len(t):]
+            self._call(self.client.log_batch, run_id, metrics=m, tags=t)
+
+
+def _metrics(record: dict[str, Any], step: int) -> list[Any]:
+    """A record's numbers as MLflow metrics at ``step`` (not booleans, infinities, or orch's own ``orch/`` keys)."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    return [
+        Metric(mlflow_key(k), float(v), ts, step)
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("orch/") and v is not None
+        and not (isinstance(v, float) and math.isinf(v))
+    ]
 
 
 def _brief(e: BaseException) -> str:

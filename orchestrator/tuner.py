@@ -343,12 +343,14 @@ class SweepCallback(tune.Callback):
     def _log_result(self, trial: Any, i: _TrialInfo, result: dict) -> None:
         run_id = self._run(trial, i)
         if run_id is not None:
-            self.tracker.set_tags(run_id, {
+            tags = None if run_id in self.tracker.tagged else {
                 "host": result.get("orch/host"), "torch": result.get("orch/torch"), "cuda": result.get("orch/cuda"),
                 "orch.out_dir": result.get("orch/out_dir"), "orch.config_hash": result.get("orch/config_hash"),
-            }, once=True)
-            if not result.get("final"):
-                self.tracker.log_epoch(run_id, {k: v for k, v in result.items() if k in EPOCH_METRICS or k == "time/trial_s"})
+            }
+            if not result.get("final"):  # the worker's tags go with the first epoch: one log_batch
+                self.tracker.log_epoch(run_id, {k: v for k, v in result.items() if k in EPOCH_METRICS or k == "time/trial_s"}, tags)
+            elif tags:
+                self.tracker.set_tags(run_id, tags, once=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         i = self._info(trial)

@@ -443,6 +443,47 @@ def test_curves_plot_accuracies_in_percent(tmp_path: Path, monkeypatch) -> None:
                                "train loss": 1.5}
 
 
+def test_trial_curves_reuse_one_figure_and_show_only_their_own_trial(tmp_path: Path, monkeypatch) -> None:
+    """Issue 14: the driver draws a trial's curves.png at every trial's end, so the drawing is the driver's largest
+    cost per trial. After the first plot, the next ones draw on the same figure (no new Figure, no tight_layout
+    pass), and each shows exactly what a plot of its own trial on a new figure shows: its data, limits, tick labels,
+    catastrophic-overfitting lines and title, nothing left from the trial drawn before it."""
+    import matplotlib.figure
+
+    import orchestrator.report as report
+
+    short = [{"epoch": 1, "val/pgd_acc": 0.25, "val/clean_acc": 0.5, "train/pgd_acc": 0.3, "train/loss": 1.5}]
+    long = [{"epoch": e, "val/pgd_acc": 0.1 + e / 50, "val/clean_acc": 0.6, "train/pgd_acc": 0.2, "train/loss": 2 - e / 10,
+             "co/detected": e == 4} for e in range(1, 9)]
+    holes = [{"epoch": 1, "train/loss": 1e-5}, {"epoch": 2, "train/loss": 3e-5}]  # panels with nothing to draw
+    seen: list[list[tuple]] = []
+    real_save = matplotlib.figure.Figure.savefig
+
+    def grab(fig: Any, path: Any, *a: Any, **k: Any) -> None:
+        seen.append([(ax.get_title(), tuple(ax.get_xlim()), tuple(ax.get_ylim()), len(ax.get_lines()),
+                      [t.get_text() for t in ax.get_yticklabels()], [[repr(float(y)) for y in ln.get_ydata()] for ln in ax.get_lines()[:1]])
+                     for ax in fig.axes] + [fig.texts[0].get_text() if fig.texts else ""])
+        real_save(fig, path, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", grab)
+    fresh = []
+    for i, recs in enumerate((long, short, holes)):  # each on a figure of its own
+        getattr(report, "_TRIAL_FIGURE", {}).pop("fig", None)  # (the figure of the previous trial is dropped)
+        report.plot_trial_curves(recs, tmp_path / f"fresh{i}.png", title=f"trial {i}")
+        fresh.append(seen.pop())
+
+    made, layouts = [], []
+    real_init, real_tight = matplotlib.figure.Figure.__init__, matplotlib.figure.Figure.tight_layout
+    monkeypatch.setattr(matplotlib.figure.Figure, "__init__", lambda self, *a, **k: (made.append(1), real_init(self, *a, **k))[1])
+    monkeypatch.setattr(matplotlib.figure.Figure, "tight_layout", lambda self, *a, **k: (layouts.append(1), real_tight(self, *a, **k))[1])
+    for i, recs in [(0, long), (1, short), (2, holes), (0, long), (2, holes), (1, short)]:
+        report.plot_trial_curves(recs, tmp_path / f"reused{i}.png", title=f"trial {i}")
+        assert seen.pop() == fresh[i], i
+        assert (tmp_path / f"reused{i}.png").stat().st_size > 5000
+    assert made == [] and layouts == []
+    assert fresh[0][0][3] == 2 and fresh[1][0][3] == 1  # the CO line of the long trial: drawn, then gone
+
+
 def test_table_names_the_co_epochs_and_counts_generator_updates() -> None:
     """The table says at which epoch each catastrophically overfitting trial collapsed, and shows FGSM-SDI's
     generator updates (the last epoch's ``method/gen_steps``) as a column when trials recorded them."""

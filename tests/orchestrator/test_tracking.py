@@ -37,3 +37,63 @@ def test_resumed_invocation_reuses_the_run_and_logs_each_epoch_once(tmp_path) ->
 def test_metric_names_are_valid_for_mlflow() -> None:
     assert mlflow_key("best/pgd10@8") == "best/pgd10_eps8"
     assert mlflow_key("last/aa/apgd_t@0.5") == "last/aa/apgd_t_eps0.5"
+
+
+def test_a_trial_costs_few_mlflow_calls_and_loses_nothing(tmp_path) -> None:
+    """Issue 14: the driver logs every trial, so each MLflow call is paid once per trial. The worker's tags travel
+    with the first epoch (one ``log_batch``), and a trial's end is one ``log_batch`` (final numbers and outcome
+    tags), one ``log_artifacts`` for its files and ``set_terminated``: 3 calls, not one per tag set and per file."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tr = Tracker(uri, "exp", artifact_location=(tmp_path / "art").as_uri())
+    tr.start_sweep("sweep", {}, {"num_trials": 1})
+    run = tr.trial_run("key1", "k=1,seed=0", {"method.k": 1}, {"seed": "0"})
+    calls: list[str] = []
+    real = tr.client
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+
+            def call(*a, **k):
+                calls.append(name)
+                return fn(*a, **k)
+
+            call.__name__ = name
+            return call
+
+    tr.client = Counting()
+    assert tr.log_epoch(run, {"epoch": 1, "val/pgd_acc": 0.1}, {"host": "h1", "torch": "2.x", "cuda": None})
+    assert calls == ["log_batch"]
+    assert tr.log_epoch(run, {"epoch": 2, "val/pgd_acc": 0.2})
+    assert not tr.log_epoch(run, {"epoch": 2, "val/pgd_acc": 0.2})  # already there: nothing sent
+    assert calls == ["log_batch"] * 2
+    art = tmp_path / "trial" / "mlflow"
+    art.mkdir(parents=True)
+    files = []
+    for name in ("config.json", "results.json", "robustness.json", "curves.png"):
+        (art / name).write_text(name)
+        files.append(art / name)
+    calls.clear()
+    tr.log_final(run, {"final": True, "outcome": "finished", "best_epoch": 2, "best/pgd10@8": 0.5, "epochs_run": 2}, 2, files, "FINISHED")
+    assert calls == ["log_batch", "log_artifacts", "set_terminated"]
+
+    client = mlflow.tracking.MlflowClient(uri)
+    r = client.get_run(run)
+    assert r.info.status == "FINISHED"
+    assert {"host": "h1", "torch": "2.x", "orch.outcome": "finished", "orch.best_epoch": "2"}.items() <= r.data.tags.items()
+    assert "cuda" not in r.data.tags
+    assert r.data.metrics["best/pgd10_eps8"] == 0.5 and r.data.metrics["epochs_run"] == 2
+    assert [(m.step, m.value) for m in client.get_metric_history(run, "val/pgd_acc")] == [(1, 0.1), (2, 0.2)]
+    assert {a.path for a in client.list_artifacts(run)} == {"config.json", "results.json", "robustness.json", "curves.png"}
+
+
+def test_batches_keep_within_mlflows_limits(tmp_path) -> None:
+    """More than 1000 numbers, or 100 tags, in one record are split into batches MLflow accepts; nothing is lost."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tr = Tracker(uri, "exp")
+    run = tr.trial_run("key1", "t", {}, {})
+    tags = {f"tag{i}": i for i in range(150)}
+    tr.log_epoch(run, {"epoch": 1, **{f"m{i}": float(i) for i in range(1500)}}, tags)
+    r = mlflow.tracking.MlflowClient(uri).get_run(run)
+    assert len([k for k in r.data.metrics if k.startswith("m")]) == 1500 and r.data.metrics["m1499"] == 1499.0
+    assert {f"tag{i}" for i in range(150)} <= set(r.data.tags)
