@@ -78,3 +78,14 @@ def test_config_is_immutable():
     cfg = RunConfig.from_dict({})
     with pytest.raises(Exception):
         cfg.epochs = 3  # type: ignore[misc]
+
+
+def test_fgsm_ga_lambda_rule_is_refused_beyond_its_table():
+    """GradAlign's default λ = 0.02·10^(ε·255/8) is tabulated for ε <= 16/255; at MNIST's 0.3 it would be ~7e7, so
+    the config asks for λ there instead of training with it silently."""
+    assert RunConfig.from_dict({"method": {"name": "fgsm_ga"}, "threat": {"eps_255": 16}}).method.name == "fgsm_ga"
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"method": {"name": "fgsm_ga"}, "threat": {"eps_255": 76.5}})
+    assert e.value.key == "method.grad_align_lambda" and "7.3e+07" in str(e.value) and "76.5" in str(e.value)
+    cfg = RunConfig.from_dict({"method": {"name": "fgsm_ga", "grad_align_lambda": 2.0}, "threat": {"eps_255": 76.5}})
+    assert cfg.method.grad_align_lambda == 2.0
