@@ -27,10 +27,8 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 venv: $(STAMP)
 
-# Again after an interrupted demo (Ctrl-C): --resume continues it; after a finished one --resume shows its results.
-DEMO_DIR = $${ORCH_DATA_DIR:-orch_data}/sweeps/k_interval-demo
 demo: $(STAMP)
-	$(VENV)/bin/orch sweep sweeps/k_interval.yaml $$(test -f $(DEMO_DIR)/sweep.json && echo --resume)
+	$(VENV)/bin/orch sweep sweeps/k_interval.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout=900

@@ -118,7 +118,7 @@ def sweep(
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List every trial (or the search plan) and the resources, then a measured compute estimate (probes of a few batches and of each final attack, bounded: at most ~20 s, with a progress line; the final evaluation is an upper bound: every point assumed to stay robust); run nothing.")] = False,
     no_probe: Annotated[bool, typer.Option("--no-probe", help="With --dry-run: skip the measured estimate.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted sweep: finished trials are kept, the rest (failed and stopped ones too) continue from their last checkpoint. On a sweep whose every trial finished it shows the results and runs nothing.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted sweep: finished trials are kept, the rest continue from their last checkpoint.")] = False,
     address: Annotated[Optional[str], typer.Option("--address", help="An existing Ray cluster (host:port or ray://...). Default: a local Ray on this machine.")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow: http://host:port, sqlite:////abs.db, or 'none'. Default: sqlite in the sweep folder.")] = None,
     data_dir_: DataDirOpt = None,
@@ -137,9 +137,7 @@ def sweep(
             else:  # planning a GPU sweep on a laptop is fine; running it here is not
                 for x in e.errors:
                     err_console.print(f"[yellow]warning[/]: {x} (a run here would be refused; use --address)", highlight=False)
-    ended = None if dry_run else ended_sweep(spec, sdir)
-    if resume and ended and set(ended) != {"finished"}:
-        ended = None  # --resume retries the failed or stopped trials; a sweep whose every trial finished is shown
+    ended = None if (dry_run or resume) else ended_sweep(spec, sdir)
     try:
         if not dry_run and ended is None:  # a dry run writes nothing, so any folder state is fine
             check_sweep_dir(spec, sdir, resume)

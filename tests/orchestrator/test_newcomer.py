@@ -127,11 +127,7 @@ def test_a_finished_sweep_is_shown_again_and_its_dry_run_writes_nothing(grid_swe
     for s in ("k=1", "k=40", "where everything is", "results.parquet", "this sweep already ran (4 finished)", f"remove {sdir}"):
         assert s in out, (s, out)
     assert "start  " not in out  # no trial ran
-    # --resume (the README's last step) on a sweep whose every trial finished: the same, not a second run of it
-    res = cli("sweep", f, "--data-dir", data, "--resume")
-    assert res.exit_code == 0, res.output
-    assert "this sweep already ran (4 finished)" in res.output and "start  " not in res.output
-    assert _snapshot(sdir) == before  # none of the three commands wrote anything
+    assert _snapshot(sdir) == before  # neither command wrote anything
     mlflow.set_tracking_uri(f"sqlite:///{sdir}/mlflow.db")
     parents = [r for r in mlflow.search_runs(experiment_names=["grid"], output_format="list") if r.data.tags.get("orch.role") == "sweep"]
     assert len(parents) == 1, [p.info.run_id for p in parents]  # one sweep, one parent run
@@ -340,29 +336,6 @@ def test_make_shows_progress_while_pip_installs(tmp_path) -> None:
     done = next(t for t, x in seen if "installed 2 packages" in x and "installing" not in x)
     # printed during the silence, not after it (the last one may fall just before pip speaks again)
     assert len([t for t in working if t < done - 0.5]) >= 2, (working, done)
-
-
-def test_make_demo_again_resumes_an_interrupted_demo(tmp_path) -> None:
-    """`make demo` after a Ctrl-C continues the sweep (--resume) instead of stopping at "already holds this sweep"
-    (exit 2); the first `make demo` starts it plainly. orch itself is replaced by a script that prints its arguments
-    (what --resume does with a finished or interrupted sweep is tested above and in test_reliability.py)."""
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "orch").write_text("#!/bin/sh\necho \"orch $*\"\n")
-    (venv / "bin" / "orch").chmod(0o755)
-    (venv / ".installed").touch()  # newer than the requirements: no set-up
-    env = {**os.environ, "ORCH_DATA_DIR": str(tmp_path / "data")}
-
-    def demo() -> str:
-        r = subprocess.run(["make", "-s", "demo", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, env=env)
-        assert r.returncode == 0, r.stderr
-        return r.stdout.strip()
-
-    assert demo() == "orch sweep sweeps/k_interval.yaml"
-    sdir = tmp_path / "data" / "sweeps" / "k_interval-demo"
-    sdir.mkdir(parents=True)
-    (sdir / "sweep.json").write_text("{}")  # a sweep was started there
-    assert demo() == "orch sweep sweeps/k_interval.yaml --resume"
 
 
 def test_study_reports_cite_nothing_in_a_temporary_folder() -> None:
