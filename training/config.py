@@ -254,11 +254,11 @@ class RunConfig:
         _known("method", schema.METHODS, "method.name", self.method.name)
         # re-validates the parameters (types, ranges) through the method's own Params dataclass
         schema.METHOD_PARAMS[self.method.name].from_dict(dict(self.method.params), prefix="method")
-        eps = self.threat.eps_255
-        if self.method.name == "fgsm_ga" and dict(self.method.params).get("grad_align_lambda") is None and eps > 16:
+        eps, ga = self.threat.eps_255, schema.FGSMGAParams
+        if self.method.name == "fgsm_ga" and dict(self.method.params).get("grad_align_lambda") is None and eps > ga.LAMBDA_RULE_MAX_EPS_255:
             raise ConfigError("method.grad_align_lambda", None, (
-                f"must be set when threat.eps_255 > 16 (here {eps:g}): the default is GradAlign's CIFAR-10 rule "
-                f"0.02 * 10^(eps_255 / 8), tabulated for eps <= 16/255 (2.0 there), which would give {0.02 * 10 ** (eps / 8):.3g}"))
+                f"must be set when threat.eps_255 > {ga.LAMBDA_RULE_MAX_EPS_255:g} (here {eps:g}): the default is GradAlign's "
+                f"CIFAR-10 rule 0.02 * 10^(eps_255 / 8), tabulated for eps <= 16/255 (2.0 there), which would give {ga.default_lambda(eps):.3g}"))
 
         o = self.optim
         if o.lr < 0:

@@ -50,6 +50,13 @@ class AlphaParams(Params):
 class FGSMGAParams(AlphaParams):
     grad_align_lambda: float | None = None
 
+    # GradAlign's CIFAR-10 rule for the default lambda (spec §5), tabulated for eps <= 16/255 (2.0 there)
+    LAMBDA_RULE_MAX_EPS_255 = 16.0
+
+    @staticmethod
+    def default_lambda(eps_255: float) -> float:
+        return 0.02 * 10 ** (eps_255 / 8)
+
     def check(self, prefix: str) -> None:
         super().check(prefix)
         if self.grad_align_lambda is not None and self.grad_align_lambda < 0:

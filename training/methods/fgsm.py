@@ -62,7 +62,7 @@ class FGSMGA(Method):
     def lam(self) -> float:
         if self.p.grad_align_lambda is not None:
             return self.p.grad_align_lambda
-        return 0.02 * 10 ** (self.eps * 255 / 8)
+        return FGSMGAParams.default_lambda(self.eps * 255)
 
     def step(self, x, y, it):
         g1, _ = self.ctx.input_grad(x, y)
