@@ -26,7 +26,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.spec import SpecErrors, SweepSpec, check_resources, check_storage, check_sweep_dir, load_spec, storage_error, tracking_uri_problem
+from orchestrator.spec import SpecErrors, SweepSpec, check_resources, load_spec, tracking_uri_problem
+from orchestrator.sweepdir import check_storage, check_sweep_dir, storage_error
 
 def _flag_type_rich(self: Any, ctx: Any) -> str | None:
     """Typer prints a `<bool>` type beside every flag (--dry-run, --help): a flag takes no value, so none."""
@@ -508,7 +509,8 @@ def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mo
 
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import TRIAL_KEY_TAG, mlflow_key
+    from orchestrator.tracking import TRIAL_KEY_TAG
+    from training.metrics import canonical
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     out: dict[str, Any] = {"experiment": experiment, "experiment_id": None, "run_ids": [], "run_names": [], "sort_metric": None,
@@ -519,7 +521,7 @@ def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mo
         return out
     runs = list(client.search_runs([exp.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` != ''",
                                    max_results=50000, order_by=["attributes.start_time ASC", "attributes.run_name ASC"]))
-    key = mlflow_key(metric) if metric else None
+    key = canonical(metric) if metric else None
     if key and not any(key in r.data.metrics for r in runs):
         key = None  # nothing logged under that name (yet): an unsorted list
     out.update(experiment_id=str(exp.experiment_id), run_ids=[r.info.run_id for r in runs],

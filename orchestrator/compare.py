@@ -114,8 +114,8 @@ def find_baseline(gs: list[Any], name: str, where: str = "") -> Any:
 def headline_columns(rows: list[dict[str, Any]], meta: dict[str, str], cols: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """(label, column without checkpoint): Clean, PGD-10 and AA where evaluated, and the sweep's metric when it is
     another final column."""
-    eps = next((c.split("@")[1] for _, c in cols if "@" in c), None)
-    out = [(lab, c) for lab, c in cols if c == "clean" or (eps and c in (f"pgd10@{eps}", f"aa@{eps}"))]
+    eps = next((c.rsplit("_eps", 1)[1] for _, c in cols if "_eps" in c), None)
+    out = [(lab, c) for lab, c in cols if c == "clean" or (eps and c in (f"pgd10_eps{eps}", f"aa_eps{eps}"))]
     metric = meta.get("orch.metric") or ""
     ck, _, col = metric.partition("/")
     if ck in ("best", "last") and col and col not in [c for _, c in out] and any(f"{k}/{col}" in r for r in rows for k in ("best", "last")):

@@ -40,10 +40,10 @@ from rich.table import Table
 
 # (column label, result column name without checkpoint prefix; {eps} is the threat model's ε)
 THESIS_COLUMNS = (
-    ("Clean", "clean"), ("PGD-10", "pgd10@{eps}"), ("PGD-20", "pgd20@{eps}"), ("PGD-50", "pgd50@{eps}"),
-    ("C&W", "cw@{eps}"), ("APGD", "apgd_ce@{eps}"), ("AA", "aa@{eps}"),
+    ("Clean", "clean"), ("PGD-10", "pgd10_eps{eps}"), ("PGD-20", "pgd20_eps{eps}"), ("PGD-50", "pgd50_eps{eps}"),
+    ("C&W", "cw_eps{eps}"), ("APGD", "apgd_ce_eps{eps}"), ("AA", "aa_eps{eps}"),
 )
-EXTRA_COLUMNS = (("FGSM", "fgsm@{eps}"), ("APGD-T", "apgd_t@{eps}"), ("FAB-T", "fab_t@{eps}"), ("Square", "square@{eps}"))
+EXTRA_COLUMNS = (("FGSM", "fgsm_eps{eps}"), ("APGD-T", "apgd_t_eps{eps}"), ("FAB-T", "fab_t_eps{eps}"), ("Square", "square_eps{eps}"))
 # counts a method records every epoch (``method/<name>``), shown as a column when some trial has them
 COUNT_COLUMNS = (("Gen. updates", "epoch/method/gen_steps"),)
 CURVE_KEYS = (("val/pgd_acc", "val PGD-10 acc (%)"), ("val/clean_acc", "val clean acc (%)"), ("train/pgd_acc", "train-batch PGD-10 acc (%)"), ("train/loss", "train loss"))
@@ -692,7 +692,7 @@ def main_columns(rows: list[dict[str, Any]], meta: dict[str, str]) -> tuple[str,
         return None
     name = metric.split("/", 1)[1] if metric.startswith(("best/", "last/")) else ""
     if not (name in labels and name != "clean" and metric in present):
-        cands = [f"aa@{eps}", f"pgd10@{eps}"] + [c for c in labels if c not in ("clean", f"aa@{eps}", f"pgd10@{eps}")]
+        cands = [f"aa_eps{eps}", f"pgd10_eps{eps}"] + [c for c in labels if c not in ("clean", f"aa_eps{eps}", f"pgd10_eps{eps}")]
         name = next((c for c in cands if f"{ck}/{c}" in present), "")
         if not name:
             return None

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from training import checkpoint as ckpt
+from training import checkpoint as ckpt, metrics
 from training.activations import SmoothReLU
 from training.config import RunConfig
 from training.data import Data, load as load_data, make_train_loader
@@ -264,7 +264,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         state = ck["loop"]
         ckpt.set_rng_state(ck["rng"])
         start_epoch = ck["epoch"] + 1
-    history = _trim_metrics(out / "metrics.jsonl", start_epoch - 1)
+    history = _trim_metrics(out / metrics.METRICS_FILE, start_epoch - 1)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     def payload(epoch: int) -> dict[str, Any]:
@@ -357,7 +357,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         if not rollback and value >= state["best_value"]:  # ties: the later epoch wins, as the references do
             state["best_value"], state["best_epoch"] = value, epoch
             ckpt.save(out / "best.pt", payload(epoch))
-        with open(out / "metrics.jsonl", "a") as f:
+        with open(out / metrics.METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
         if rollback or epoch % cfg.checkpoint_every == 0 or epoch == data_epochs:
             ckpt.save(out / "last.pt", payload(epoch))
@@ -387,7 +387,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
     }
     n_test = len(data.test_y) if cfg.eval.subset is None else min(cfg.eval.subset, len(data.test_y))
     tx, ty = data.test_x[:n_test], data.test_y[:n_test]
-    eps_list = [cfg.threat.eps_255] + [e for e in cfg.eval.eps_255 if e != cfg.threat.eps_255]
+    eps_list = metrics.eval_eps(cfg.threat.eps_255, cfg.eval.eps_255)
     aa_kwargs = {"n_iter": cfg.eval.aa_n_iter, "n_queries": cfg.eval.aa_n_queries}
     t2 = time.perf_counter()
     models: list[tuple[str, torch.nn.Module, dict[str, Any]]] = []  # (checkpoint, weights, its epoch's record)
@@ -444,22 +444,16 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
     final["time/eval_s"] = time.perf_counter() - t2
     final["n_test"] = n_test
     results = {"config": cfg.to_dict(), "final": final, "epochs": history}
-    tmp = out / "results.json.tmp"
+    tmp = out / (metrics.RESULTS_FILE + ".tmp")
     tmp.write_text(json.dumps(results, indent=2, default=float))
-    os.replace(tmp, out / "results.json")
+    os.replace(tmp, out / metrics.RESULTS_FILE)
     yield final
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _trim_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     """Keep only the epochs a resume starts after (a kill between the metrics line and the checkpoint);
     returns the kept records."""
-    rows = [r for r in _read_metrics(path) if r["epoch"] <= upto_epoch]
+    rows = [r for r in metrics.read_epochs(path.parent) if r["epoch"] <= upto_epoch]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

@@ -67,15 +67,15 @@ def test_pareto_front() -> None:
 
 
 def test_main_columns_follow_the_sweeps_metric() -> None:
-    rows = [{"config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10@8": 0.4, "best/aa@8": 0.35,
-             "last/clean": 0.79, "last/pgd10@8": 0.41}]
-    assert main_columns(rows, {"orch.metric": "best/pgd10@8"})[:2] == ("best/clean", "best/pgd10@8")
-    assert main_columns(rows, {"orch.metric": "last/pgd10@8"})[:2] == ("last/clean", "last/pgd10@8")
+    rows = [{"config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10_eps8": 0.4, "best/aa_eps8": 0.35,
+             "last/clean": 0.79, "last/pgd10_eps8": 0.41}]
+    assert main_columns(rows, {"orch.metric": "best/pgd10_eps8"})[:2] == ("best/clean", "best/pgd10_eps8")
+    assert main_columns(rows, {"orch.metric": "last/pgd10_eps8"})[:2] == ("last/clean", "last/pgd10_eps8")
     # a metric that is not a final robust column (or none): AA when there is one, on the best checkpoint
-    assert main_columns(rows, {"orch.metric": "val/pgd_acc"})[:2] == ("best/clean", "best/aa@8")
-    assert main_columns(rows, {})[:2] == ("best/clean", "best/aa@8")
-    assert main_columns([{k: v for k, v in rows[0].items() if k != "best/aa@8"}], {})[:2] == ("best/clean", "best/pgd10@8")
-    assert main_columns([{"best/pgd10@8": 0.4}], {}) is None  # no clean accuracy: no trade-off
+    assert main_columns(rows, {"orch.metric": "val/pgd_acc"})[:2] == ("best/clean", "best/aa_eps8")
+    assert main_columns(rows, {})[:2] == ("best/clean", "best/aa_eps8")
+    assert main_columns([{k: v for k, v in rows[0].items() if k != "best/aa_eps8"}], {})[:2] == ("best/clean", "best/pgd10_eps8")
+    assert main_columns([{"best/pgd10_eps8": 0.4}], {}) is None  # no clean accuracy: no trade-off
 
 
 # -------------------------------------------------------------------------------- labels and series of figures
@@ -231,7 +231,7 @@ def _write_sweep(d: Path, curves: dict[tuple[int, int], list[float]], failed: bo
                  swept: list[str] | None = None) -> Path:
     (d / "trials").mkdir(parents=True)
     rf = ResultsFile(d / "results.parquet", {"orch.sweep": "fake", "orch.swept": json.dumps(swept or ["method.k"]),
-                                             "orch.metric": "best/pgd10@8", "orch.mode": "max"})
+                                             "orch.metric": "best/pgd10_eps8", "orch.mode": "max"})
     plan = list(curves.items()) + ([((40, 1), None)] if failed else [])
     for i, ((k, seed), accs) in enumerate(plan):
         name = f"k={k},seed={seed}"
@@ -254,8 +254,8 @@ def _write_sweep(d: Path, curves: dict[tuple[int, int], list[float]], failed: bo
         best = max(accs)
         final = {"final": True, "outcome": "catastrophic_overfitting" if co else "finished", "co_epoch": co,
                  "best_epoch": accs.index(best) + 1, "epochs_run": len(accs), "time/train_s": EPOCH_S[k] * len(accs),
-                 "best/clean": min(1.0, best + 0.35 + 0.01 * seed), "best/pgd10@8": best - 0.02,
-                 "last/clean": min(1.0, accs[-1] + 0.4), "last/pgd10@8": accs[-1] - 0.02}
+                 "best/clean": min(1.0, best + 0.35 + 0.01 * seed), "best/pgd10_eps8": best - 0.02,
+                 "last/clean": min(1.0, accs[-1] + 0.4), "last/pgd10_eps8": accs[-1] - 0.02}
         rf.upsert(trial_row(key=f"t{i}", name=name, index=i, seed=seed, status="finished", last_result=final,
                             config=config, out_dir=str(out)), write=False)
     rf.write()
@@ -491,8 +491,8 @@ def test_table_names_the_co_epochs_and_counts_generator_updates() -> None:
 
     def row(k: int, seed: int, co: int | None, gen: int | None) -> dict[str, Any]:
         r = {"status": "finished", "outcome": "catastrophic_overfitting" if co else "finished", "co_epoch": co,
-             "seed": seed, "config.method.k": k, "config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10@8": 0.4,
-             "last/clean": 0.9, "last/pgd10@8": 0.0 if co else 0.4, "time/train_s": 60.0}
+             "seed": seed, "config.method.k": k, "config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10_eps8": 0.4,
+             "last/clean": 0.9, "last/pgd10_eps8": 0.0 if co else 0.4, "time/train_s": 60.0}
         if gen is not None:
             r["epoch/method/gen_steps"] = gen
         return r

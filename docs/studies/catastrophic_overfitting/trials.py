@@ -10,5 +10,5 @@ def key(r):
     return (o, r["seed"])
 for r in sorted(t, key=key):
     print(f"| {r['trial_name']} | {r['outcome']} | {r.get('co_epoch') or '–'} | {r.get('best_epoch')} | "
-          f"{pct(r.get('best/clean'))} / {pct(r.get(f'best/pgd10@{eps}'))} | {pct(r.get('last/clean'))} / {pct(r.get(f'last/pgd10@{eps}'))} | "
+          f"{pct(r.get('best/clean'))} / {pct(r.get(f'best/pgd10_eps{eps}'))} | {pct(r.get('last/clean'))} / {pct(r.get(f'last/pgd10_eps{eps}'))} | "
           f"{pct(r.get('epoch/train/acc'))} / {pct(r.get('epoch/train/pgd_acc'))} | {int(r['epoch/method/gen_steps']) if r.get('epoch/method/gen_steps') is not None else '–'} | {r.get('time/train_s', 0):.0f} |")
