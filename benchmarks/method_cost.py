@@ -141,7 +141,7 @@ def main() -> None:
         method = cls(cls.Params.from_dict(p), ctx)
         it = [0]
 
-        def step():
+        def step(method=method, it=it):
             method.step(x, y, it[0])
             it[0] += 1
 
