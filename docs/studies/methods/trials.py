@@ -1,6 +1,9 @@
 """The per-trial table of the methods study README: python trials.py SWEEP/results.parquet"""
-import sys, json, pyarrow.parquet as pq
-t = pq.read_table(sys.argv[1]).to_pylist()
+import sys
+
+from orchestrator.results import read_rows  # today's column names, also for a file written before them
+
+t = read_rows(sys.argv[1])[0]
 eps = "76.5"
 print("| Trial | Outcome | CO epoch | Best epoch | Best: clean / PGD-10 / PGD-50 | Last: clean / PGD-10 / PGD-50 | Last epoch: own-example acc / train-batch PGD-10 | Gen. updates | Train (s) |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
