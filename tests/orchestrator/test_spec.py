@@ -296,3 +296,21 @@ def test_free_at_epochs_are_counted_as_the_run_counts_them(tmp_path: Path, divid
     assert RunConfig.from_dict(run_dict).data_epochs == passes
     assert _data_epochs(RunConfig.from_dict(run_dict).to_dict()) == passes
     assert probe(run_dict, "t").epochs == passes
+
+
+def test_method_params_are_one_model_per_method(tmp_path: Path) -> None:
+    """``method`` is a discriminated union on ``method.name`` (training/schema.py): the chosen method's own model
+    checks its parameters once, and each problem names ``method.<param>``, the value and what is allowed, at the
+    file:line of the base key or the axis that set it."""
+    f = tmp_path / "union.yaml"
+    f.write_text(edit({"method: {name: fgsm_sdi, k: 20, gen_width: 8}": "method: {name: free, m: 0, gen_width: 8}",
+                       "method.k: [1, 40]": "method.divide_epochs: [true, 3]"}))
+    with pytest.raises(SpecErrors) as e:
+        load_spec(f)
+    got = sorted((err.line, err.key, err.problem, err.value) for err in e.value.errors)
+    assert got == [
+        (6, "base.method.gen_width", "unknown parameter of this method; known: alpha_255, divide_epochs, m", 8),
+        (6, "base.method.m", "must be >= 1", 0),
+        (9, "axes.method.divide_epochs", "must be true or false (in trial divide_epochs=3,seed=0)", 3),
+    ], got
+    assert f"{f}:6: base.method.m: must be >= 1 (got 0)" in [str(err) for err in e.value.errors]
