@@ -153,7 +153,7 @@ class RunConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for the forward passes (CUDA or CPU)
     channels_last: Bool = False
     compile: Bool = False  # torch.compile the model
-    out_dir: Str = field("runs/run", "must not be empty", min_length=1)
+    out_dir: Str = field("runs/run", min_length=1)
     checkpoint_every: Int = field(1, gt=0)  # write `last` every N epochs (and always at the end)
     deterministic: Bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     data: DataConfig = DataConfig()
@@ -312,11 +312,12 @@ def config_errors(err: ValidationError) -> list[ConfigError]:
     return out
 
 
-_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "string_too_short")
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
 _TYPE_ERRORS = {
     "int_type": "must be an integer", "float_type": "must be a number", "finite_number": "must be finite",
     "bool_type": "must be true or false", "string_type": "must be a string", "tuple_type": "must be a list",
     "list_type": "must be a list", "model_type": "must be a mapping (section)", "dict_type": "must be a mapping (section)",
+    "string_too_short": "must not be empty",
 }
 
 
@@ -378,7 +379,7 @@ def _range_text(info: Any, tp: Any) -> str:
         return f"must be {'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
     if hi:
         return f"must be {'<=' if hi[1] == ']' else '<'} {hi[0]:g}"
-    return "must not be empty"
+    return "is out of range"
 
 
 def describe() -> str:
