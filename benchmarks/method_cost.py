@@ -138,7 +138,7 @@ def main() -> None:
         name = label.split()[0]
         cls = METHODS.get(name)
         ctx = new_ctx()
-        method = cls(cls.Params.from_dict(p), ctx)
+        method = cls(cls.Params(**p), ctx)
         it = [0]
 
         def step(method=method, it=it):

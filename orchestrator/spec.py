@@ -787,22 +787,33 @@ def tracking_uri_problem(uri: str) -> str | None:
 
 
 def _config_error(spec: SweepSpec, origins: _Origins, e: Any, swept: Mapping[str, Any], label: str) -> SpecError:
-    """Map a training ConfigError (dotted RunConfig key) back to where the value came from in the sweep file."""
+    """Map a training ConfigError (dotted RunConfig key, ``method.k``) back to where the value came from in the sweep
+    file: the axis that sets it, else the ``base`` key, through the same ``origins`` as the sweep file's own errors."""
     key = re.sub(r"\[\d+\]$", "", e.key)
     for ax in swept:
         if key == ax or key.startswith(ax + ".") or ax.startswith(key + "."):
-            where, ln = origins.locate(("axes", ax))
-            return SpecError(where, f"axes.{ax}", e.value, f"{e.problem} (in trial {label})" if label else e.problem, ln)
+            return origins.error(("axes", ax), e.value, f"{e.problem} (in trial {label})" if label else e.problem, f"axes.{ax}")
     path: Path_ = ("base",) + tuple(int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]\.?", e.key) if p != "")
-    where, ln = origins.locate(path)
-    return SpecError(where, f"base.{e.key}", e.value, e.problem, ln)
+    return origins.error(path, e.value, e.problem, f"base.{e.key}")
 
 
 def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]:
-    """``(RunConfig, [])``, or ``(None, every ConfigError)``: the RunConfig names its first problem only, so each
-    offending key is taken out (a wrong ``X.name``: its whole section) and the rest checked again, and two typos
-    in one file are both reported."""
+    """``(RunConfig, [])``, or ``(None, every ConfigError)``. One validation names every wrong key of the sections
+    (``ConfigError.errors``); the checks across sections run once those pass, so the offending keys are taken out
+    (a wrong ``X.name``: its whole section) and the rest checked again, and every typo in a file is reported."""
     from training.config import ConfigError, RunConfig
+
+    def take_out(key: str) -> bool:
+        parts = re.sub(r"\[\d+\].*$", "", key).split(".")
+        if len(parts) > 1 and parts[-1] == "name":
+            parts = parts[:-1]  # another method, model, dataset: its parameters no longer apply
+        cur: Any = d
+        for p in parts[:-1]:
+            cur = cur.get(p) if isinstance(cur, dict) else None
+        if not isinstance(cur, dict) or parts[-1] not in cur:
+            return False  # not a key of the document (a check across keys): nothing to take out
+        del cur[parts[-1]]
+        return True
 
     d = json.loads(json.dumps(d))
     errs: list[ConfigError] = []
@@ -811,16 +822,9 @@ def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]
             cfg = RunConfig.from_dict(d)
             return (None if errs else cfg), errs
         except ConfigError as e:
-            errs.append(e)
-            parts = re.sub(r"\[\d+\].*$", "", e.key).split(".")
-            if len(parts) > 1 and parts[-1] == "name":
-                parts = parts[:-1]  # another method, model, dataset: its parameters no longer apply
-            cur: Any = d
-            for p in parts[:-1]:
-                cur = cur.get(p) if isinstance(cur, dict) else None
-            if not isinstance(cur, dict) or parts[-1] not in cur:
-                break  # not a key of the document (a check across keys): nothing to take out
-            del cur[parts[-1]]
+            errs += e.errors
+            if not [x for x in e.errors if take_out(x.key)]:
+                break
     return None, errs
 
 

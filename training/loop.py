@@ -223,11 +223,10 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         nesterov=cfg.optim.nesterov,
     )
     method_cls = METHODS.get(cfg.method.name)
-    params = method_cls.Params.from_dict(dict(cfg.method.params))
     loader = make_train_loader(data, cfg.data, cfg.batch_size, cfg.seed, device)
     # the method object is built before the schedule so its replay count (Free-AT's m) is known
     ctx = StepContext(train_model, optimizer, None, cfg.eps, data.num_classes, device, cfg.precision)
-    method = method_cls(params, ctx)
+    method = method_cls(cfg.method, ctx)  # cfg.method is this method's Params, validated by RunConfig
     data_epochs = cfg.data_epochs  # Free-AT: epochs, or ceil(epochs / m) with divide_epochs (training/methods/free.py)
     schedule = Schedule(optimizer, data_epochs * len(loader) * method.replays, cfg.optim, cfg.schedule)
     ctx.schedule = schedule

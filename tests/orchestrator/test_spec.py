@@ -303,3 +303,21 @@ def test_old_metric_spelling_is_accepted_and_read_as_today_s(tmp_path: Path) -> 
     f = tmp_path / "old.yaml"
     f.write_text(edit({"metric: best/pgd10_eps8": "metric: best/pgd10@8"}))
     assert load_spec(f).metric == "best/pgd10_eps8"
+
+
+def test_method_params_are_one_model_per_method(tmp_path: Path) -> None:
+    """``method`` is a discriminated union on ``method.name`` (training/schema.py): the chosen method's own model
+    checks its parameters once, and each problem names ``method.<param>``, the value and what is allowed, at the
+    file:line of the base key or the axis that set it."""
+    f = tmp_path / "union.yaml"
+    f.write_text(edit({"method: {name: fgsm_sdi, k: 20, gen_width: 8}": "method: {name: free, m: 0, gen_width: 8}",
+                       "method.k: [1, 40]": "method.divide_epochs: [true, 3]"}))
+    with pytest.raises(SpecErrors) as e:
+        load_spec(f)
+    got = sorted((err.line, err.key, err.problem, err.value) for err in e.value.errors)
+    assert got == [
+        (6, "base.method.gen_width", "unknown parameter of this method; known: alpha_255, divide_epochs, m", 8),
+        (6, "base.method.m", "must be >= 1", 0),
+        (9, "axes.method.divide_epochs", "must be true or false (in trial divide_epochs=3,seed=0)", 3),
+    ], got
+    assert f"{f}:6: base.method.m: must be >= 1 (got 0)" in [str(err) for err in e.value.errors]
