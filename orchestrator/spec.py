@@ -830,6 +830,8 @@ def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]
 
 def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
     """Build the RunConfig of every trial (or of every probe point) and check the metric; raise SpecErrors."""
+    from training.config import ConfigError
+
     if spec.trials:
         points = []
         seen: set[str] = set()
@@ -844,7 +846,13 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
     configs = []
     for p in points:
         label = trial_name(p, spec.seeds[0]) if p else ""
-        cfg, errs = config_problems(spec.run_dict(p, spec.seeds[0], name="validate", out_dir="/nonexistent/validate"))
+        try:
+            d = spec.run_dict(p, spec.seeds[0], name="validate", out_dir="/nonexistent/validate")
+        except ConfigError as e:  # an axis under a key the base gives as a value (`method: fgsm_sdi` + `method.k`)
+            cfg, errs = None, [ConfigError(e.key, e.value, f"{e.problem}: write the base's value as a section "
+                                           f"({e.key.split('.')[0]}: {{name: ...}})")]
+        else:
+            cfg, errs = config_problems(d)
         for e in errs:
             err = _config_error(spec, origins, e, p, label)
             errors.setdefault((err.key, e.problem), err)

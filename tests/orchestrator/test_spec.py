@@ -72,6 +72,7 @@ CASES = [
     ("base-out-dir", edit({"  epochs: 1": "  epochs: 1\n  out_dir: /tmp/x"}), [], 4, ["base.out_dir", "set by orch"]),
     ("metric-not-produced", edit({"metric: best/pgd10_eps8": "metric: best/aa_eps8"}), [], 11, ["metric", "'best/aa_eps8'", "no such metric"]),
     ("asha-final-metric", edit(append="scheduler: {name: asha}\n"), [], 11, ["asha", "epoch metric"]),
+    ("axis-under-a-value", edit({"method: {name: fgsm_sdi, k: 20, gen_width: 8}": "method: fgsm_sdi"}), [], 9, ["axes.method.k", "'method' is not a section", "method: {name: ...}"]),
     ("optuna-no-samples", edit({"method.k: [1, 40]": "method.k: {randint: [1, 40]}"}, "search: {algorithm: optuna}\n"), [], 12, ["num_samples is required"]),
     ("fractional-gpu-over-1", edit(append="resources: {gpu: 1.5}\n"), [], 12, ["resources.gpu", "1.5"]),
     ("too-many-cpus", edit(append="resources: {cpu: 4096}\n"), [], 12, ["resources.cpu", "4096", "more CPUs"]),
