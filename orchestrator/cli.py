@@ -329,7 +329,8 @@ def _folder_state(spec: SweepSpec, sdir: Path) -> str:
 
 
 def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
-    from orchestrator.estimate import estimate_sweep, fmt_duration
+    from orchestrator.estimate import estimate_sweep
+    from training.numbers import fmt_duration
 
     cpus = float(os.cpu_count() or 1)
     concurrency = spec.max_concurrent_trials or max(1, int(cpus // spec.resources.cpu))

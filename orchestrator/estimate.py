@@ -25,7 +25,6 @@ dataset that is not available here (e.g. CIFAR-10 without internet) gives no est
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 import time
@@ -154,19 +153,3 @@ def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) 
     else:
         total = mean_trial * per_point_trials * total_points
     return ests, total, None
-
-
-def fmt_duration(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    d, rem = divmod(s, 86400)
-    h, rem = divmod(rem, 3600)
-    m, sec = divmod(rem, 60)
-    if d:
-        return f"{d}d{h:02d}h"
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{sec:02d}s"
-    return f"{sec}s"

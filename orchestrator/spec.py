@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.space import KINDS, Axis, grid_points, probe_points, random_points, trial_name
+from training.numbers import is_finite as _is_num
 
 MAX_TRIALS_WITHOUT_YES = 1000
 NO_PROFILE = "none"  # `--profile none`: the file without any overlay
@@ -701,10 +702,6 @@ def _parse_seeds(raw: Any, base: Mapping[str, Any], origins: _Origins, errors: l
         return [s for s in raw if isinstance(s, int)] or [0]
     errors.append(origins.error(("seeds",), raw, "must be a list of integers ([0, 1, 2]) or a count (3)"))
     return [0]
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _parse_axes(raw: Mapping[str, Any], origins: _Origins, errors: list[SpecError]) -> list[Axis]:
