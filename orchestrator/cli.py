@@ -279,7 +279,8 @@ def _show_ended(spec: SweepSpec, sdir: Path, counts: dict[str, int], uri: str | 
 def _print_summary(res: Any, sdir: Path, write: bool = True) -> None:
     """The sweep's table (the report written first, unless ``write`` is False: then the files already there) and
     where everything is."""
-    from orchestrator.report import load, make_report, render
+    from orchestrator.report import make_report
+    from orchestrator.table import load, render
 
     try:
         if write:
