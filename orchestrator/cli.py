@@ -6,6 +6,7 @@
     orch report SWEEP_DIR_OR_FILE [--profile P]
     orch train --config FILE [--set key=value ...] [--out-dir DIR]
     orch ui SWEEP_DIR_OR_FILE [--port N]
+    orch cluster validate FILE | fake-up [--max-workers N ...] | down TEMP_DIR | watch --address ADDR
 
 Exit codes: 0 success; 1 some trials failed (or a training run failed); 2 bad input (sweep file, options,
 sweep folder state, an unreachable tracking server) — refused before Ray starts and before anything is
@@ -602,6 +603,77 @@ def _new_run_dir(name: str) -> str:
 def _latest_run_hint() -> str:
     runs = sorted((p for p in RUNS_DIR.glob("*") if (p / "last.pt").exists()), key=lambda p: p.stat().st_mtime) if RUNS_DIR.is_dir() else []
     return f"; the latest run here is --out-dir {shlex.quote(str(runs[-1]))}" if runs else ""
+
+
+# ============================================================================================ cluster
+
+
+cluster_app = typer.Typer(help="Local Ray clusters for trying autoscaling by hand, and the cluster.yaml check (docs/cluster.md).",
+                          no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("validate")
+def cluster_validate(file: Annotated[Path, typer.Argument(help="A `ray up` cluster.yaml.")]) -> None:
+    """Validate a ray-up cluster.yaml offline against Ray's schema (no cloud access)."""
+    from jsonschema import ValidationError
+
+    from orchestrator.cluster import load_cluster_yaml, validate_cluster_config
+
+    try:
+        cfg = validate_cluster_config(load_cluster_yaml(file))
+    except (OSError, ValueError, ValidationError) as e:
+        err_console.print(f"[bold red]error[/]: {file}: {getattr(e, 'message', e)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    types = ", ".join(f"{k} (min {t.get('min_workers', 0)}, max {t.get('max_workers', '-')})" for k, t in cfg["available_node_types"].items())
+    typer.echo(f"ok: {file}: cluster {cfg['cluster_name']}, max_workers {cfg['max_workers']}; node types: {types}")
+
+
+@cluster_app.command("fake-up")
+def cluster_fake_up(
+    max_workers: Annotated[int, typer.Option(help="Most fake worker nodes the autoscaler starts.")] = 2,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs each fake worker advertises.")] = 1,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs each fake worker advertises.")] = 1,
+    idle_timeout_minutes: Annotated[float, typer.Option(help="Idle minutes before the autoscaler removes a worker.")] = 0.1,
+) -> None:
+    """Start a local autoscaling cluster (fake GPU workers); Ctrl-C stops it (only its own processes)."""
+    import time
+
+    from orchestrator.cluster import start_local_cluster
+
+    c = start_local_cluster(fake_worker={"worker_resources": {"CPU": cpus_per_worker, "GPU": gpus_per_worker},
+                                         "max_workers": max_workers, "idle_timeout_minutes": idle_timeout_minutes})
+    typer.echo(f"cluster up in {c.start_s} s at {c.address} (temp dir {c.temp_dir}). Clients need:")
+    for k, val in c.env.items():
+        typer.echo(f"  export {k}={val}")
+    typer.echo("Ctrl-C stops it (only its own processes).")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        typer.echo(json.dumps(c.stop()))
+
+
+@cluster_app.command("down")
+def cluster_down(temp_dir: Annotated[Path, typer.Argument(help="The cluster's temp dir (/tmp/orchray-XXXX).")]) -> None:
+    """Stop a local cluster started by orch, by its temp dir (only its processes): for one whose starter was killed."""
+    from orchestrator.cluster import stop_local_cluster
+
+    typer.echo(json.dumps(stop_local_cluster(temp_dir)))
+
+
+@cluster_app.command("watch")
+def cluster_watch(
+    address: Annotated[str, typer.Option(help="The cluster's address (host:port).")],
+    interval: Annotated[float, typer.Option(help="Seconds between looks.")] = 1.0,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+) -> None:
+    """Print the alive worker nodes whenever they change (JSON lines)."""
+    from orchestrator.cluster import watch
+
+    watch(address, interval, duration)
 
 
 def main() -> None:  # `python -m orchestrator`
