@@ -162,7 +162,6 @@ def param_series(gs: list[Group], p: str, keys: list[str] | None = None) -> tupl
     return others, len(others) > MAX_LINES or single
 
 
-
 # ---------------------------------------------------------------------------------------------------- plots
 
 
@@ -391,7 +390,7 @@ def plot_curves(gs: list[Group], out_dir: Path) -> Path | None:
     return _savefig(plt, fig, out_dir / "curves.png", 90)
 
 
-MARKERS = "osD^vP*Xph<>"
+MARKERS = "osD^vP*Xph<>"  # one marker per group in the comparison figures (with its colour)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
