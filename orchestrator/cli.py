@@ -172,9 +172,9 @@ def data_problems(spec: SweepSpec) -> list:
     from training.config import RunConfig
     from training.data import DatasetUnavailable, check_available
 
-    from orchestrator.space import probe_points
+    from orchestrator.space import distinct_points
 
-    points = list({json.dumps(t.swept, sort_keys=True, default=str): t.swept for t in spec.trials}.values()) or probe_points(spec.axes)
+    points = distinct_points(spec.trials, spec.axes)
     seen: set[str] = set()
     out = []
     for p in points:

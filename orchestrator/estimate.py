@@ -115,21 +115,11 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
 def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) -> tuple[list[Estimate], float | None, str | None]:
     """Probe up to MAX_PROBES distinct configs within ``budget_s`` seconds; returns (estimates, total trial
     seconds, why not if impossible). ``progress(text)`` is called before each probe."""
-    from orchestrator.space import probe_points, trial_name
+    from orchestrator.space import distinct_points, trial_name
 
-    if spec.trials:
-        points, seen = [], set()
-        for t in spec.trials:
-            k = json.dumps(t.swept, sort_keys=True, default=str)
-            if k not in seen:
-                seen.add(k)
-                points.append(t.swept)
-        per_point_trials = len(spec.seeds)
-        total_points = len(points)
-    else:
-        points = probe_points(spec.axes)
-        per_point_trials = spec.num_trials / max(len(points), 1)
-        total_points = len(points)
+    points = distinct_points(spec.trials, spec.axes)
+    per_point_trials = len(spec.seeds) if spec.trials else spec.num_trials / max(len(points), 1)
+    total_points = len(points)
     if len(points) > MAX_PROBES:  # spread the probes over the plan
         step = len(points) / MAX_PROBES
         points = [points[int(i * step)] for i in range(MAX_PROBES)]
