@@ -293,7 +293,7 @@ def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str, epo
         p.write_text(json.dumps(matrix, indent=2))
         out.append(p)
     if epochs and not (tmp / CURVES_PNG).exists():
-        from orchestrator.report import plot_trial_curves
+        from orchestrator.figures import plot_trial_curves
 
         with span("driver/curves_png"):
             plot_trial_curves(epochs, tmp / CURVES_PNG, title=name)

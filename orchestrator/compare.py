@@ -16,8 +16,11 @@ A row with fewer than 2 seeds (2 pairs) gets the difference without an interval.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
+
+from training.numbers import is_finite
 
 LEVEL = 0.95
 
@@ -49,8 +52,7 @@ def _t(df: float) -> float:
 
 
 def _mean_var(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0)
+    return statistics.fmean(xs), statistics.variance(xs) if len(xs) > 1 else 0.0
 
 
 def difference(other: list[tuple[Any, float]], base: list[tuple[Any, float]]) -> Diff | None:
@@ -124,8 +126,7 @@ def headline_columns(rows: list[dict[str, Any]], meta: dict[str, str], cols: lis
 
 
 def _values(g: Any, col: str) -> list[tuple[Any, float]]:
-    return [(r.get("seed"), float(r[col])) for r in g.good()
-            if isinstance(r.get(col), (int, float)) and math.isfinite(r[col])]
+    return [(r.get("seed"), float(r[col])) for r in g.good() if is_finite(r.get(col))]
 
 
 def _pp(x: float) -> str:

@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from training import metrics
+from training.numbers import is_number
 
 SCHEMA_VERSION = "1"
 ID_COLUMNS = ("trial_key", "trial_name", "trial_index", "seed", "status", "outcome")
@@ -101,15 +102,15 @@ def trial_row(
     if not final and r.get("epoch") is not None:
         row["epochs_run"] = r.get("epoch")
     for k, v in r.items():
-        if k.startswith(metrics.MATRIX_PREFIXES) and metrics.is_number(v):
+        if k.startswith(metrics.MATRIX_PREFIXES) and is_number(v):
             row[metrics.canonical(k)] = float(v)
     for k in metrics.TIME_KEYS:
-        if metrics.is_number(r.get(k)):
+        if is_number(r.get(k)):
             row[k] = float(r[k])
     last_epoch = r if not final else (epoch_record or {})  # the last epoch's record
     if last_epoch:
         for k, v in last_epoch.items():
-            if "/" in k and not k.startswith(("orch/", "time/trial_s")) and metrics.is_number(v):
+            if "/" in k and not k.startswith(("orch/", "time/trial_s")) and is_number(v):
                 row[f"epoch/{k}"] = float(v)
     row["error"] = (error or "").strip().splitlines()[-1][:1000] if error else None
     row["attempts"] = r.get("orch/attempt")
@@ -165,6 +166,8 @@ def _column_rank(c: str) -> tuple[int, int]:
 def _array(name: str, values: list[Any]) -> pa.Array:
     if name in INT_COLUMNS:
         return pa.array([None if v is None else int(v) for v in values], type=pa.int64())
+    if name.startswith("swept.") and any(isinstance(v, (dict, list)) for v in values):  # a section or a list: as written
+        return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
     if name.startswith(metrics.MATRIX_PREFIXES + ("time/", "epoch/")):
         return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
     try:
@@ -197,6 +200,8 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
     t = pq.read_table(path)
     meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
     t = t.rename_columns([metrics.canonical(c) for c in t.column_names])  # best/pgd10@8 (before) -> best/pgd10_eps8
+    if "orch.metric" in meta:
+        meta["orch.metric"] = metrics.canonical(meta["orch.metric"])
     rows = [{k: v for k, v in r.items() if v is not None} for r in t.to_pylist()]  # absent columns read as null
     return rows, meta
 

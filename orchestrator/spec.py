@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from training import metrics
+from training.numbers import is_finite as _is_num
 
 from orchestrator.search import ALGORITHMS
 from orchestrator.space import KINDS, Axis, probe_points, trial_name
@@ -699,10 +700,6 @@ def _parse_seeds(raw: Any, base: Mapping[str, Any], origins: _Origins, errors: l
         return [s for s in raw if isinstance(s, int)] or [0]
     errors.append(origins.error(("seeds",), raw, "must be a list of integers ([0, 1, 2]) or a count (3)"))
     return [0]
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _parse_axes(raw: Mapping[str, Any], origins: _Origins, errors: list[SpecError]) -> list[Axis]:

@@ -161,7 +161,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
 
 def _draw_curves(out_dir: Path, name: str) -> None:
     """The trial's curves.png (its epochs from metrics.jsonl), in the worker: the driver stays free of matplotlib."""
-    from orchestrator.report import plot_trial_curves
+    from orchestrator.figures import plot_trial_curves
 
     epochs = metrics.read_epochs(out_dir)
     if epochs:

@@ -36,6 +36,7 @@ from training.evalcost import predict_eval_seconds, probe_eval_cost
 from training.evaluate import accuracy, attack_accuracy, robustness_matrix
 from training.methods import StepContext
 from training.models import create_model
+from training.numbers import fmt_duration
 from training.registry import METHODS
 from training.schedules import Schedule
 
@@ -85,11 +86,6 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _fmt_s(s: float) -> str:
-    s = int(round(max(s, 0.0)))
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
-
-
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Whether two models hold identical parameters and buffers (e.g. the best checkpoint is the last epoch)."""
     if a is b:
@@ -115,7 +111,7 @@ class _EvalMeter:
         self.plan = {(w, k): s for w, p in plan.items() for k, s in p.items()}
         self.estimate = sum(self.plan.values())
         self.t0 = time.perf_counter()
-        msg = f"{text}: ~{_fmt_s(self.estimate)} (measured estimate)"
+        msg = f"{text}: ~{fmt_duration(self.estimate)} (measured estimate)"
         self.bar.line(msg)
         if self.on_eval is not None:
             self.on_eval({"event": "eval_start", "estimate_s": self.estimate, "text": msg})
@@ -139,8 +135,8 @@ class _EvalMeter:
             self.on_eval(ev)
         if self.bar.enabled:
             self.bar.last = time.time()
-            sys.stderr.write(f"\revaluating {which}: {key} {done}/{total} images | {_fmt_s(ev['elapsed_s'])} elapsed, "
-                             f"~{_fmt_s(ev['left_s'])} left   ")
+            sys.stderr.write(f"\revaluating {which}: {key} {done}/{total} images | {fmt_duration(ev['elapsed_s'])} elapsed, "
+                             f"~{fmt_duration(ev['left_s'])} left   ")
             sys.stderr.flush()
 
     def entry_done(self, which: str, key: str, seconds: float) -> None:

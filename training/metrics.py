@@ -14,7 +14,6 @@ Torch-free: ``orch validate`` and the driver import it without loading PyTorch.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +159,3 @@ def read_results(folder: str | Path) -> dict[str, Any] | None:
         return json.loads((Path(folder) / RESULTS_FILE).read_text())
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
-
-
-def is_number(v: Any) -> bool:
-    """A real number (not a bool); NaN and infinities count."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def is_finite(v: Any) -> bool:
-    return is_number(v) and math.isfinite(v)

@@ -1,6 +1,6 @@
 """End to end in a real browser: a small real sweep (method.k in {1, 40}, 1 seed, 1 epoch) logs to a real
-``mlflow server``; the sweep's view is stored there as ``orch ui`` stores it (:func:`orchestrator.cli.share_view`)
-and headless Chromium opens the addresses ``orch ui`` prints (:func:`orchestrator.cli.ui_urls`): the experiment
+``mlflow server``; the sweep's view is stored there as ``orch ui`` stores it (:func:`orchestrator.ui.share_view`)
+and headless Chromium opens the addresses ``orch ui`` prints (:func:`orchestrator.ui.ui_urls`): the experiment
 page must list the trial runs flat (not the collapsed parent), best first, with the swept parameter and the
 metric as columns and each run's values; its Chart view a parallel-coordinates chart of the swept parameter
 against the metric; the compare view the runs' names, swept parameter and metric, and no per-trial
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import share_view, ui_urls
+from orchestrator.ui import share_view, ui_urls
 from orchestrator.results import read_rows
 
 pytestmark = pytest.mark.slow

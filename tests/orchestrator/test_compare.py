@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.compare import BaselineError, difference, find_baseline
-from orchestrator.report import Group, make_report
+from orchestrator.report import make_report
 from orchestrator.results import ResultsFile, trial_row
+from orchestrator.table import Group
 
 # (k, seed) -> (best/clean, best/pgd10_eps8); the k=40 trial of seed 2 failed
 VALUES = {

@@ -221,7 +221,7 @@ def test_orch_ui_refuses_a_port_another_program_holds(cli, tmp_path) -> None:
 def test_orch_ui_without_a_port_takes_a_free_one(grid_sweep, mlflow_servers) -> None:
     import urllib.request
 
-    from orchestrator.cli import UI_DEFAULT_PORT
+    from orchestrator.ui import UI_DEFAULT_PORT
 
     held = socket.socket()
     try:

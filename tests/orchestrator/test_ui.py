@@ -147,7 +147,7 @@ def test_ui_links_of_a_store_without_the_experiment(tmp_path: Path) -> None:
     """A real MLflow store the sweep has not logged into yet (another experiment only): no addresses."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.cli import ui_links, ui_urls
+    from orchestrator.ui import ui_links, ui_urls
 
     db = tmp_path / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{db}").create_experiment("another")
