@@ -76,9 +76,9 @@ def test_matrix_keys_in_column_order(matrix):
     expected = ["clean"]
     for col in ("fgsm", "pgd10", "pgd50", "cw", "apgd_ce", "aa"):
         for e in ("16", "24"):
-            expected.append(f"{col}@{e}")
+            expected.append(f"{col}_eps{e}")
             if col == "aa":
-                expected += [f"aa/{s}@{e}" for s in ("apgd_ce", "apgd_t", "fab_t", "square")]
+                expected += [f"aa/{s}_eps{e}" for s in ("apgd_ce", "apgd_t", "fab_t", "square")]
     assert acc_keys == expected
     timed = [k for k in expected if not k.startswith("aa/")]
     assert sorted(k for k in matrix if k.startswith("seconds/")) == sorted(f"seconds/{k}" for k in timed)
@@ -91,10 +91,10 @@ def test_matrix_ordering(matrix):
     assert m["clean"] > 0.8
     for e in ("16", "24"):
         for col in ("fgsm", "pgd10", "pgd50", "cw", "apgd_ce", "aa"):
-            assert m[f"{col}@{e}"] <= m["clean"]
+            assert m[f"{col}_eps{e}"] <= m["clean"]
         assert m[f"pgd50_eps{e}"] <= m[f"pgd10_eps{e}"] + 0.02
         assert m[f"aa_eps{e}"] <= m[f"apgd_ce_eps{e}"] + 1e-9
-        stages = [m[f"aa/{s}@{e}"] for s in ("apgd_ce", "apgd_t", "fab_t", "square")]
+        stages = [m[f"aa/{s}_eps{e}"] for s in ("apgd_ce", "apgd_t", "fab_t", "square")]
         assert stages == sorted(stages, reverse=True) and stages[-1] == m[f"aa_eps{e}"]
     assert m["pgd10_eps24"] <= m["pgd10_eps16"] + 0.02  # a larger ball is not harder to attack
     assert m["pgd10_eps16"] < m["clean"]  # the attacks do bite at this ε
