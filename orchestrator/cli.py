@@ -140,7 +140,7 @@ def sweep(
             else:  # planning a GPU sweep on a laptop is fine; running it here is not
                 for x in e.errors:
                     err_console.print(f"[yellow]warning[/]: {x} (a run here would be refused; use --address)", highlight=False)
-    ended = None if (dry_run or resume) else ended_sweep(spec, sdir)
+    ended = None if (dry_run or resume) else sweepdir.ended_sweep(spec, sdir)
     try:
         if not dry_run and ended is None:  # a dry run writes nothing, so any folder state is fine
             check_sweep_dir(spec, sdir, resume)
@@ -242,27 +242,6 @@ def _run(spec: SweepSpec, sdir: Path, *, resume: bool, address: str | None, trac
         raise typer.Exit(EXIT_FAILED)
 
 
-def ended_sweep(spec: SweepSpec, sdir: Path) -> dict[str, int] | None:
-    """The trials' statuses if ``sdir`` holds this very sweep (same digest) and every trial of it ended (finished,
-    failed or stopped); None otherwise (no sweep there, another version of it, or trials left to run)."""
-    from orchestrator.results import read_rows
-
-    try:
-        state = sweepdir.read_state(sdir)
-        rows, _ = read_rows(sdir / sweepdir.RESULTS)
-    except (OSError, ValueError):
-        return None
-    if state.get("digest") != spec.digest:
-        return None
-    ended = {r["trial_key"]: r.get("status") for r in rows if r.get("status") in ("finished", "failed", "stopped")}
-    if len(ended) < spec.num_trials or any(t.key not in ended for t in spec.trials):
-        return None
-    counts: dict[str, int] = {}
-    for st in ended.values():
-        counts[st] = counts.get(st, 0) + 1
-    return counts
-
-
 def _show_ended(spec: SweepSpec, sdir: Path, counts: dict[str, int], uri: str | None) -> None:
     """`orch sweep FILE` on a sweep that already ran to its end: its results and where they are, and how to start
     afresh, instead of a refusal (so `make demo` can be run again)."""
@@ -321,7 +300,7 @@ def _folder_state(spec: SweepSpec, sdir: Path) -> str:
     """What the sweep folder already holds, for the dry run (which neither needs nor changes it)."""
     if not (sdir / sweepdir.SWEEP_JSON).exists():
         return ""
-    ended = ended_sweep(spec, sdir)
+    ended = sweepdir.ended_sweep(spec, sdir)
     if ended is not None:
         return f" (this sweep already ran to its end: `{orch_command()} sweep {shlex.quote(spec.file)}` shows its results)"
     try:

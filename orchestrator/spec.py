@@ -36,7 +36,7 @@ from training import metrics
 from training.numbers import is_finite as _is_num
 
 from orchestrator.search import ALGORITHMS
-from orchestrator.space import KINDS, Axis, probe_points, trial_name
+from orchestrator.space import KINDS, Axis, distinct_points, probe_points, trial_name
 
 MAX_TRIALS_WITHOUT_YES = 1000
 NO_PROFILE = "none"  # `--profile none`: the file without any overlay
@@ -829,16 +829,7 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
     """Build the RunConfig of every trial (or of every probe point) and check the metric; raise SpecErrors."""
     from training.config import ConfigError
 
-    if spec.trials:
-        points = []
-        seen: set[str] = set()
-        for t in spec.trials:  # one config per distinct point: seeds don't change validity
-            k = json.dumps(t.swept, sort_keys=True, default=str)
-            if k not in seen:
-                seen.add(k)
-                points.append(t.swept)
-    else:
-        points = probe_points(spec.axes)
+    points = distinct_points(spec.trials, spec.axes)  # one config per distinct point: seeds don't change validity
     errors: dict[tuple[str, str], SpecError] = {}
     configs = []
     for p in points:

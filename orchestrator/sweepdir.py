@@ -49,6 +49,27 @@ def read_state(sweep_dir: Path) -> dict[str, Any]:
     return json.loads((Path(sweep_dir) / SWEEP_JSON).read_text())
 
 
+def ended_sweep(spec: SweepSpec, sdir: Path) -> dict[str, int] | None:
+    """The trials' statuses if ``sdir`` holds this very sweep (same digest) and every trial of it ended (finished,
+    failed or stopped); None otherwise (no sweep there, another version of it, or trials left to run)."""
+    from orchestrator.results import read_rows
+
+    try:
+        state = read_state(sdir)
+        rows, _ = read_rows(sdir / RESULTS)
+    except (OSError, ValueError):
+        return None
+    if state.get("digest") != spec.digest:
+        return None
+    ended = {r["trial_key"]: r.get("status") for r in rows if r.get("status") in ("finished", "failed", "stopped")}
+    if len(ended) < spec.num_trials or any(t.key not in ended for t in spec.trials):
+        return None
+    counts: dict[str, int] = {}
+    for st in ended.values():
+        counts[st] = counts.get(st, 0) + 1
+    return counts
+
+
 def optuna_url(sweep_dir: Path, spec: SweepSpec) -> str:
     return spec.search.storage or f"sqlite:///{sweep_dir}/optuna.db"
 
