@@ -29,6 +29,7 @@ from orchestrator.spec import SweepSpec
 from orchestrator.sweepdir import trial_dir
 from orchestrator.timing import emit, span
 from orchestrator.trainable import CURVES_PNG, ERROR_KEY, TrialContext, run_config_dict
+from training.config import RunConfig
 
 MLFLOW_WAIT_ENV = "ORCH_MLFLOW_WAIT_S"  # at the end of a sweep, how long to wait for an unreachable MLflow (default 60)
 
@@ -99,8 +100,6 @@ class SweepCallback(tune.Callback):
     def config(self, t: dict[str, Any]) -> Any:
         """The trial's RunConfig, built once per trial (the worker builds its own from the same dict)."""
         if t["key"] not in self._configs:
-            from training.config import RunConfig
-
             out_dir = trial_dir(self.ctx.trials_dir, t["name"], t["key"])
             self._configs[t["key"]] = RunConfig.from_dict(run_config_dict(self.ctx, t, out_dir))
         return self._configs[t["key"]]

@@ -27,9 +27,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.spec import SpecErrors, SweepSpec, check_resources, load_spec, tracking_uri_problem
 from orchestrator import sweepdir
+from orchestrator.space import distinct_points
+from orchestrator.spec import SpecErrors, SweepSpec, check_resources, load_spec, tracking_uri_problem
 from orchestrator.sweepdir import check_storage, check_sweep_dir, storage_error
+from training.config import EVAL_SETTINGS, ConfigError, RunConfig, describe, set_dotted
+from training.numbers import fmt_duration
+
 
 def _flag_type_rich(self: Any, ctx: Any) -> str | None:
     """Typer prints a `<bool>` type beside every flag (--dry-run, --help): a flag takes no value, so none."""
@@ -171,10 +175,8 @@ def sweep(
 def data_problems(spec: SweepSpec) -> list:
     """A SpecError for each distinct dataset of the sweep's trials that cannot be loaded on this machine (files
     missing, and not downloadable), with the loader's full message: which files, which folder, how to fix."""
-    from training.config import RunConfig
     from training.data import DatasetUnavailable, check_available
 
-    from orchestrator.space import distinct_points
 
     points = distinct_points(spec.trials, spec.axes)
     seen: set[str] = set()
@@ -313,7 +315,6 @@ def _folder_state(spec: SweepSpec, sdir: Path) -> str:
 
 def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
     from orchestrator.estimate import estimate_sweep
-    from training.numbers import fmt_duration
 
     cpus = float(os.cpu_count() or 1)
     concurrency = spec.max_concurrent_trials or max(1, int(cpus // spec.resources.cpu))
@@ -488,7 +489,6 @@ def train(
     """One training run without Ray or MLflow (the training core alone), with a progress bar; before the final
     evaluation it prints how long that will take, then shows its progress."""
     from orchestrator.spec import _MISSING, SpecError, parse_yaml
-    from training.config import EVAL_SETTINGS, ConfigError, RunConfig, describe, set_dotted
 
     if help_config:
         console.print(describe(), highlight=False)

@@ -30,6 +30,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
+from training.config import RunConfig
+from orchestrator.space import distinct_points, trial_name
 
 PROBE_BATCHES = 4
 MAX_PROBES = 8
@@ -64,7 +66,6 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
 
     from training import run
     from training.checkpoint import load as load_ckpt
-    from training.config import RunConfig
     from training.data import load as load_data
     from training.evalcost import predict_eval_seconds, probe_eval_cost
     from training.loop import resolve_device
@@ -115,8 +116,6 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
 def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) -> tuple[list[Estimate], float | None, str | None]:
     """Probe up to MAX_PROBES distinct configs within ``budget_s`` seconds; returns (estimates, total trial
     seconds, why not if impossible). ``progress(text)`` is called before each probe."""
-    from orchestrator.space import distinct_points, trial_name
-
     points = distinct_points(spec.trials, spec.axes)
     per_point_trials = len(spec.seeds) if spec.trials else spec.num_trials / max(len(points), 1)
     total_points = len(points)

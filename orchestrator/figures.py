@@ -31,6 +31,7 @@ from orchestrator.table import (
 from training import metrics
 from training.metrics import CURVES as CURVE_KEYS, ROBUST_KEY, curve_scale
 from training.numbers import is_finite
+from orchestrator.space import format_value, short_names
 
 
 def write_figures(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, str], out_dir: Path,
@@ -46,8 +47,6 @@ def write_figures(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, s
 
 
 def _tick(v: Any) -> str:
-    from orchestrator.space import format_value
-
     t = format_value(v)
     return t if len(t) <= 22 else t[:21] + "…"
 
@@ -81,8 +80,6 @@ def value_labels(vals: list[Any], multiline: bool = False) -> list[str]:
     (``name`` bare); else (legends) one line, the values of ``name`` and of string sub-keys bare and the others
     as ``sub=value``, joined by commas (``relu_softplus_grad,attacker``, ``fgsm_sdi,k=20``). Other values:
     ``format_value``."""
-    from orchestrator.space import format_value
-
     if not vals or not all(isinstance(v, dict) for v in vals):
         return [format_value(v) for v in vals]
     subs = _differing_subkeys(vals)
@@ -119,8 +116,6 @@ def _value_maps(gs: list[Group], keys: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _compose(values: dict[str, Any], keys: list[str], maps: dict[str, dict[str, str]]) -> str:
-    from orchestrator.space import short_names
-
     names = short_names(keys)
     if len(keys) == 1 and isinstance(values[keys[0]], dict):  # one section axis: its label says enough
         return maps[keys[0]][value_key(values[keys[0]])]

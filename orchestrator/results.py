@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 
 from training import metrics
 from training.numbers import is_number
+from training.config import flatten
 
 SCHEMA_VERSION = "1"
 ID_COLUMNS = ("trial_key", "trial_name", "trial_index", "seed", "status", "outcome")
@@ -81,8 +82,6 @@ def trial_row(
     """One results row from a trial's last reported record (its final record when it finished); ``epoch_record``
     (the last line of its ``metrics.jsonl``) gives a finished trial its ``epoch/*`` columns too; ``swept`` (axis ->
     value) its ``swept.*`` columns."""
-    from training.config import flatten
-
     r = dict(last_result or {})
     final = bool(r.get("final"))
     if status == "failed":

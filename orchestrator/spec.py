@@ -37,6 +37,7 @@ from training.numbers import is_finite as _is_num
 
 from orchestrator.search import ALGORITHMS
 from orchestrator.space import KINDS, Axis, distinct_points, probe_points, trial_name
+from training.config import ConfigError, RunConfig, set_dotted
 
 MAX_TRIALS_WITHOUT_YES = 1000
 NO_PROFILE = "none"  # `--profile none`: the file without any overlay
@@ -395,8 +396,6 @@ class SweepSpec:
 def run_dict(base: Mapping[str, Any], swept: Mapping[str, Any], seed: int, *, name: str, out_dir: str) -> dict[str, Any]:
     """The nested RunConfig dict of one trial: the sweep's base, then the swept values, then seed / name / out_dir
     (the one place it is built: validation, the estimate, the driver and the worker all call this)."""
-    from training.config import set_dotted
-
     d = json.loads(json.dumps(base))  # deep copy, plain types
     for k, v in swept.items():
         set_dotted(d, k, json.loads(json.dumps(v)))
@@ -504,7 +503,6 @@ def load_spec(
         if isinstance(doc.get("base"), dict):  # and the run config's, so that every typo is reported at once
             point = (probe_points(axes_) or [{}])[0]
             d = json.loads(json.dumps({**doc["base"], "seed": 0, "name": "validate", "out_dir": "/nonexistent/validate"}, default=str))
-            from training.config import ConfigError, set_dotted
 
             try:
                 for k, v in point.items():
@@ -636,8 +634,6 @@ def _sets_under_axes(sets: list[tuple[str, Path_, Any]], axes: list[Axis], base:
     """Refuse a ``--set base.K=V`` whose value an axis replaces in every trial (``base.method.k`` when ``method.k``
     is swept): it would be accepted and have no effect. The value is still checked first, so a bad one gets its
     own message (``base.method.k=abc``: an integer is expected)."""
-    from training.config import ConfigError, RunConfig, set_dotted
-
     out = []
     for text, path, value in sets:
         if path[:1] != ("base",) or len(path) < 2:
@@ -798,8 +794,6 @@ def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]
     """``(RunConfig, [])``, or ``(None, every ConfigError)``. One validation names every wrong key of the sections
     (``ConfigError.errors``); the checks across sections run once those pass, so the offending keys are taken out
     (a wrong ``X.name``: its whole section) and the rest checked again, and every typo in a file is reported."""
-    from training.config import ConfigError, RunConfig
-
     def take_out(key: str) -> bool:
         parts = re.sub(r"\[\d+\].*$", "", key).split(".")
         if len(parts) > 1 and parts[-1] == "name":
@@ -827,8 +821,6 @@ def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]
 
 def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
     """Build the RunConfig of every trial (or of every probe point) and check the metric; raise SpecErrors."""
-    from training.config import ConfigError
-
     points = distinct_points(spec.trials, spec.axes)  # one config per distinct point: seeds don't change validity
     errors: dict[tuple[str, str], SpecError] = {}
     configs = []

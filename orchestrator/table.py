@@ -25,6 +25,7 @@ from orchestrator import compare
 from training import metrics
 from training.metrics import ROBUST_KEY
 from training.numbers import is_finite
+from orchestrator.space import format_value, short_names
 
 # counts a method records every epoch (``method/<name>``), shown as a column when some trial has them
 COUNT_COLUMNS = (("Gen. updates", "epoch/method/gen_steps"),)
@@ -41,8 +42,6 @@ class Group:
 
     @property
     def label(self) -> str:
-        from orchestrator.space import format_value, short_names
-
         names = short_names(list(self.values))
         return ",".join(f"{names[k]}={format_value(v)}" for k, v in self.values.items()) or "all"
 

@@ -43,6 +43,7 @@ from training import metrics
 
 from orchestrator.spec import run_dict
 from orchestrator.sweepdir import trial_dir
+from training.config import ConfigError, RunConfig
 
 CRASH_ONCE_ENV = "ORCH_TEST_CRASH_ONCE"
 ERROR_KEY = "orch/error"  # in a trial's last result: it failed with an error a retry would repeat (the message)
@@ -50,7 +51,6 @@ PROGRESS_EVERY_S = 2.0  # at most one final-evaluation progress result per this 
 
 
 def _deterministic() -> tuple[type[Exception], ...]:
-    from training.config import ConfigError
     from training.data import DatasetUnavailable
 
     return (DatasetUnavailable, ConfigError)
@@ -86,7 +86,6 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         from ray import tune
 
         from training import run
-        from training.config import RunConfig
 
     DETERMINISTIC = _deterministic()  # errors a retry repeats: data that is not there, a bad config
     t_start = time.time()
@@ -233,8 +232,6 @@ def _prepare(out_dir: Path, checkpoint: Any, cfg: Any) -> tuple[Path | None, lis
 
 def _same_config(out_dir: Path, cfg: Any) -> bool:
     try:
-        from training.config import RunConfig
-
         return RunConfig.from_dict(json.loads((out_dir / "config.json").read_text())).hash() == cfg.hash()
     except Exception:
         return False

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator import sweepdir
+from training.metrics import canonical
 
 VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.17's experiment page reads its view from this experiment tag
 
@@ -80,7 +81,6 @@ def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mo
     from mlflow.tracking import MlflowClient
 
     from orchestrator.tracking import TRIAL_KEY_TAG
-    from training.metrics import canonical
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     out: dict[str, Any] = {"experiment": experiment, "experiment_id": None, "run_ids": [], "run_names": [], "sort_metric": None,

@@ -28,6 +28,7 @@ import torch
 
 from training.attacks import ATTACKS, EVAL_PRESETS
 from training.attacks.autoattack import STAGES
+from training.metrics import column_key
 
 __all__ = ["EvalCost", "probe_eval_cost", "predict_eval_seconds", "PROBE_POINTS"]
 
@@ -110,7 +111,6 @@ def probe_eval_cost(
     """Measure the per-point cost of every entry of the evaluation (see the module docstring). ``x``: test images
     (the first ``points`` are used) on the model's device. The model's modes are restored afterwards."""
     from training.evaluate import eval_mode
-    from training.metrics import column_key
 
     xs = x[:points].detach()
     cost = EvalCost()
