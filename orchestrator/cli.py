@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import sweepdir
+from orchestrator.search import ALGORITHMS
 from orchestrator.space import distinct_points
 from orchestrator.spec import SpecErrors, SweepSpec, check_resources, load_spec, tracking_uri_problem
 from orchestrator.sweepdir import check_storage, check_sweep_dir, storage_error
@@ -339,7 +340,9 @@ def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
             t.add_row(str(tr.index), tr.name, *[json.dumps(tr.swept[a.key]) for a in spec.axes], str(tr.seed), tr.key)
         console.print(t)
     else:
-        t = Table(title=f"search space (Optuna TPE, seed {spec.search.seed}, study '{spec.name}' in {sdir / 'optuna.db'})")
+        alg = ALGORITHMS[spec.search.algorithm]
+        study = f", study '{spec.name}' in {sweepdir.optuna_url(sdir, spec)}" if alg.storage else ""
+        t = Table(title=f"search space ({alg.label}, seed {spec.search.seed}{study})")
         t.add_column("axis")
         t.add_column("distribution")
         for a in spec.axes:

@@ -37,6 +37,7 @@ class Algorithm:
     """
 
     name: str
+    label: str  # how the dry run names it
     plan: Callable[[list[Axis], int | None, int], list[dict[str, Any]]] | None = None
     repeats: bool = False
     searcher: Callable[[Any, Path], Any] | None = None
@@ -102,9 +103,9 @@ class _Space:
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "grid": Algorithm("grid", plan=_grid, samples=False, needs_axes=False, ranges=False),
-    "random": Algorithm("random", plan=_random, repeats=True),
-    "optuna": Algorithm("optuna", searcher=_optuna, needs_metric=True, storage=True),
+    "grid": Algorithm("grid", "grid", plan=_grid, samples=False, needs_axes=False, ranges=False),
+    "random": Algorithm("random", "random points", plan=_random, repeats=True),
+    "optuna": Algorithm("optuna", "Optuna TPE", searcher=_optuna, needs_metric=True, storage=True),
 }
 
 
