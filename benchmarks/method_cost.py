@@ -138,10 +138,10 @@ def main() -> None:
         name = label.split()[0]
         cls = METHODS.get(name)
         ctx = new_ctx()
-        method = cls(cls.Params.from_dict(p), ctx)
+        method = cls(cls.Params(**p), ctx)
         it = [0]
 
-        def step():
+        def step(method=method, it=it):
             method.step(x, y, it[0])
             it[0] += 1
 

@@ -6,6 +6,7 @@
     orch report SWEEP_DIR_OR_FILE [--profile P]
     orch train --config FILE [--set key=value ...] [--out-dir DIR]
     orch ui SWEEP_DIR_OR_FILE [--port N]
+    orch cluster validate FILE | fake-up [--max-workers N ...] | down TEMP_DIR | watch --address ADDR
 
 Exit codes: 0 success; 1 some trials failed (or a training run failed); 2 bad input (sweep file, options,
 sweep folder state, an unreachable tracking server) — refused before Ray starts and before anything is
@@ -26,7 +27,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.spec import SpecErrors, SweepSpec, check_resources, check_storage, check_sweep_dir, load_spec, storage_error, tracking_uri_problem
+from orchestrator import sweepdir
+from orchestrator.search import ALGORITHMS
+from orchestrator.space import distinct_points
+from orchestrator.spec import SpecErrors, SweepSpec, check_resources, load_spec, tracking_uri_problem
+from orchestrator.sweepdir import check_storage, check_sweep_dir, storage_error
+from training.config import EVAL_SETTINGS, ConfigError, RunConfig, describe, set_dotted
+from training.numbers import fmt_duration
+
 
 def _flag_type_rich(self: Any, ctx: Any) -> str | None:
     """Typer prints a `<bool>` type beside every flag (--dry-run, --help): a flag takes no value, so none."""
@@ -75,7 +83,7 @@ def data_dir(path: Path | None) -> Path:
 
 
 def sweep_dir_for(spec: SweepSpec, ddir: Path | None) -> Path:
-    return data_dir(ddir) / "sweeps" / spec.name
+    return sweepdir.sweep_path(data_dir(ddir), spec.name)
 
 
 def orch_command() -> str:
@@ -137,7 +145,7 @@ def sweep(
             else:  # planning a GPU sweep on a laptop is fine; running it here is not
                 for x in e.errors:
                     err_console.print(f"[yellow]warning[/]: {x} (a run here would be refused; use --address)", highlight=False)
-    ended = None if (dry_run or resume) else ended_sweep(spec, sdir)
+    ended = None if (dry_run or resume) else sweepdir.ended_sweep(spec, sdir)
     try:
         if not dry_run and ended is None:  # a dry run writes nothing, so any folder state is fine
             check_sweep_dir(spec, sdir, resume)
@@ -168,12 +176,10 @@ def sweep(
 def data_problems(spec: SweepSpec) -> list:
     """A SpecError for each distinct dataset of the sweep's trials that cannot be loaded on this machine (files
     missing, and not downloadable), with the loader's full message: which files, which folder, how to fix."""
-    from training.config import RunConfig
     from training.data import DatasetUnavailable, check_available
 
-    from orchestrator.space import probe_points
 
-    points = list({json.dumps(t.swept, sort_keys=True, default=str): t.swept for t in spec.trials}.values()) or probe_points(spec.axes)
+    points = distinct_points(spec.trials, spec.axes)
     seen: set[str] = set()
     out = []
     for p in points:
@@ -239,27 +245,6 @@ def _run(spec: SweepSpec, sdir: Path, *, resume: bool, address: str | None, trac
         raise typer.Exit(EXIT_FAILED)
 
 
-def ended_sweep(spec: SweepSpec, sdir: Path) -> dict[str, int] | None:
-    """The trials' statuses if ``sdir`` holds this very sweep (same digest) and every trial of it ended (finished,
-    failed or stopped); None otherwise (no sweep there, another version of it, or trials left to run)."""
-    from orchestrator.results import read_rows
-
-    try:
-        state = json.loads((sdir / "sweep.json").read_text())
-        rows, _ = read_rows(sdir / "results.parquet")
-    except (OSError, ValueError):
-        return None
-    if state.get("digest") != spec.digest:
-        return None
-    ended = {r["trial_key"]: r.get("status") for r in rows if r.get("status") in ("finished", "failed", "stopped")}
-    if len(ended) < spec.num_trials or any(t.key not in ended for t in spec.trials):
-        return None
-    counts: dict[str, int] = {}
-    for st in ended.values():
-        counts[st] = counts.get(st, 0) + 1
-    return counts
-
-
 def _show_ended(spec: SweepSpec, sdir: Path, counts: dict[str, int], uri: str | None) -> None:
     """`orch sweep FILE` on a sweep that already ran to its end: its results and where they are, and how to start
     afresh, instead of a refusal (so `make demo` can be run again)."""
@@ -279,7 +264,8 @@ def _show_ended(spec: SweepSpec, sdir: Path, counts: dict[str, int], uri: str | 
 def _print_summary(res: Any, sdir: Path, write: bool = True) -> None:
     """The sweep's table (the report written first, unless ``write`` is False: then the files already there) and
     where everything is."""
-    from orchestrator.report import load, make_report, render
+    from orchestrator.report import make_report
+    from orchestrator.table import load, render
 
     try:
         if write:
@@ -315,13 +301,13 @@ def plural(n: int, word: str) -> str:
 
 def _folder_state(spec: SweepSpec, sdir: Path) -> str:
     """What the sweep folder already holds, for the dry run (which neither needs nor changes it)."""
-    if not (sdir / "sweep.json").exists():
+    if not (sdir / sweepdir.SWEEP_JSON).exists():
         return ""
-    ended = ended_sweep(spec, sdir)
+    ended = sweepdir.ended_sweep(spec, sdir)
     if ended is not None:
         return f" (this sweep already ran to its end: `{orch_command()} sweep {shlex.quote(spec.file)}` shows its results)"
     try:
-        same = json.loads((sdir / "sweep.json").read_text()).get("digest") == spec.digest
+        same = sweepdir.read_state(sdir).get("digest") == spec.digest
     except (OSError, ValueError):
         same = False
     return (" (holds this sweep, not finished: --resume continues it)" if same
@@ -329,7 +315,7 @@ def _folder_state(spec: SweepSpec, sdir: Path) -> str:
 
 
 def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
-    from orchestrator.estimate import estimate_sweep, fmt_duration
+    from orchestrator.estimate import estimate_sweep
 
     cpus = float(os.cpu_count() or 1)
     concurrency = spec.max_concurrent_trials or max(1, int(cpus // spec.resources.cpu))
@@ -354,7 +340,9 @@ def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
             t.add_row(str(tr.index), tr.name, *[json.dumps(tr.swept[a.key]) for a in spec.axes], str(tr.seed), tr.key)
         console.print(t)
     else:
-        t = Table(title=f"search space (Optuna TPE, seed {spec.search.seed}, study '{spec.name}' in {sdir / 'optuna.db'})")
+        alg = ALGORITHMS[spec.search.algorithm]
+        study = f", study '{spec.name}' in {sweepdir.optuna_url(sdir, spec)}" if alg.storage else ""
+        t = Table(title=f"search space ({alg.label}, seed {spec.search.seed}{study})")
         t.add_column("axis")
         t.add_column("distribution")
         for a in spec.axes:
@@ -441,148 +429,6 @@ def report(
 # ============================================================================================ ui
 
 
-VIEW_TAG = "mlflow.sharedViewState."  # MLflow 3.17's experiment page reads its view from this experiment tag
-
-
-def share_view(client: Any, experiment_id: str, swept: list[str], metric: str | None, mode: str = "max") -> str:
-    """Store the sweep's view of its experiment page in MLflow, as the UI's own "share view" does: the experiment
-    tag ``mlflow.sharedViewState.<key>`` holds the search (the trial runs only, best first by ``metric``) and the
-    UI state (columns: the swept parameters, the seed and the metric; a parallel-coordinates chart of the swept
-    parameters against the metric in the Chart view). ``#/experiments/<id>/runs?viewStateShareKey=<key>`` opens
-    it (MLflow 3.17's ``useSharedExperimentViewState``: the URL parameter, then ``JSON.parse`` of the tag).
-    Returns ``key``; the same sweep state gives the same key (the tag is rewritten, not duplicated)."""
-    import hashlib
-
-    from orchestrator.tracking import TRIAL_KEY_TAG
-
-    params = [*swept, *(["seed"] if "seed" not in swept else [])]
-    metrics = [m for m in (metric, "best/clean") if m]
-    col = lambda kind, k: f"{kind}.`{k}`"  # noqa: E731 - MLflow's makeCanonicalSortKey
-    section = "orch-sweep"
-    state: dict[str, Any] = {
-        "searchFilter": f"tags.`{TRIAL_KEY_TAG}` != ''",
-        "orderByKey": col("metrics", metric) if metric else "attributes.start_time",
-        "orderByAsc": mode == "min" if metric else False,
-        "selectedColumns": [col("params", p) for p in params] + [col("metrics", m) for m in dict.fromkeys(metrics)],
-        "compareRunSections": [{"uuid": section, "name": "sweep", "display": True, "isReordered": False, "deleted": False,
-                                "isGenerated": False}],
-        "compareRunCharts": [{"uuid": "orch-parallel", "type": "PARALLEL", "runsCountToCompare": 100, "metricSectionId": section,
-                              "deleted": False, "isGenerated": False, "selectedParams": params,
-                              "selectedMetrics": metrics[:1]}],
-        "isAccordionReordered": True,
-    }
-    text = json.dumps(state, sort_keys=True)
-    key = "orch-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-    client.set_experiment_tag(experiment_id, VIEW_TAG + key, text)
-    return key
-
-
-def ui_urls(base: str, experiment_id: str, run_ids: list[str], view_key: str | None = None) -> dict[str, str | None]:
-    """The MLflow 3.17 UI's addresses (a hash router; routes as in its ``routes.ts``): ``experiment_url``, the
-    experiment's runs table; with ``view_key`` (:func:`share_view`) it opens on the sweep's view: the trial runs
-    (flat, without the sweep's parent run), best first, with the swept parameters and the metric as columns.
-    ``trials_url``: the same view; ``chart_url``: its Chart view (``compareRunsMode=CHART``), a parallel-coordinates
-    chart of the swept parameters against the metric; ``compare_url``: the compare page of ``run_ids``
-    (``#/compare-runs?runs=[...]&experiments=[...]``, as ``getCompareRunPageRoute`` writes it), whose parallel
-    coordinates plot shows the parameters that differ between the runs (only the swept ones and the seed are logged
-    as differing). The last three are None without runs."""
-    exp = f"{base}/#/experiments/{experiment_id}/runs"
-    view = f"{exp}?viewStateShareKey={view_key}" if view_key else exp
-    out: dict[str, str | None] = {"experiment_url": view, "trials_url": None, "chart_url": None, "compare_url": None}
-    if run_ids:
-        out["trials_url"] = view
-        out["chart_url"] = f"{view}&compareRunsMode=CHART" if view_key else f"{exp}?compareRunsMode=CHART"
-        out["compare_url"] = f"{base}/#/compare-runs?runs={json.dumps(run_ids, separators=(',', ':'))}&experiments={json.dumps([experiment_id])}"
-    return out
-
-
-def ui_links(db: Path, experiment: str, base: str, metric: str | None = None, mode: str = "max",
-             swept: list[str] | None = None) -> dict[str, Any]:
-    """A sweep's MLflow UI addresses (:func:`ui_urls`), looked up in its SQLite store with MLflow's own client,
-    after storing the sweep's view (:func:`share_view`) there.
-
-    Also returns ``experiment_id`` (None if the store has no such experiment: then no addresses),
-    ``run_ids`` / ``run_names`` of the trial runs (tagged ``orch.trial_key``, not deleted, oldest first) and
-    ``sort_metric`` (the sweep's metric as MLflow names it, if some run has it)."""
-    import logging
-
-    from mlflow.tracking import MlflowClient
-
-    from orchestrator.tracking import TRIAL_KEY_TAG, mlflow_key
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    out: dict[str, Any] = {"experiment": experiment, "experiment_id": None, "run_ids": [], "run_names": [], "sort_metric": None,
-                           "experiment_url": None, "trials_url": None, "chart_url": None, "compare_url": None}
-    client = MlflowClient(tracking_uri=f"sqlite:///{Path(db).resolve()}")
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None or exp.lifecycle_stage != "active":
-        return out
-    runs = list(client.search_runs([exp.experiment_id], filter_string=f"tags.`{TRIAL_KEY_TAG}` != ''",
-                                   max_results=50000, order_by=["attributes.start_time ASC", "attributes.run_name ASC"]))
-    key = mlflow_key(metric) if metric else None
-    if key and not any(key in r.data.metrics for r in runs):
-        key = None  # nothing logged under that name (yet): an unsorted list
-    out.update(experiment_id=str(exp.experiment_id), run_ids=[r.info.run_id for r in runs],
-               run_names=[r.info.run_name for r in runs], sort_metric=key)
-    view = share_view(client, out["experiment_id"], list(swept or []), key, mode)
-    out.update(ui_urls(base, out["experiment_id"], out["run_ids"], view))
-    return out
-
-
-def _sweep_identity(sdir: Path) -> tuple[str, str | None, str, list[str]]:
-    """(MLflow experiment name, metric, mode, swept keys) of a sweep folder, from its sweep.json (the folder name
-    if absent)."""
-    try:
-        state = json.loads((sdir / "sweep.json").read_text())
-    except (OSError, ValueError):
-        return sdir.name, None, "max", []
-    resolved = state.get("resolved") or {}
-    axes = resolved.get("axes") or {}
-    return (state.get("name") or sdir.name, resolved.get("metric"), resolved.get("mode") or "max",
-            list(axes) if isinstance(axes, dict) else [])
-
-
-UI_DEFAULT_PORT = 5000
-
-
-def _port_problem(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on now (taken by another process, an unknown host), or None."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        return f"--host {host}: {e.strerror}"
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as sk:
-        sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: a closed port in TIME_WAIT is free
-        try:
-            sk.bind(addr)
-            sk.listen(1)
-        except OSError as e:
-            return e.strerror or str(e)
-    return None
-
-
-def pick_port(host: str, port: int | None) -> tuple[int | None, str]:
-    """The port ``orch ui`` serves on, and a line to say about it: the port asked for, if free (else None and
-    the reason: never print addresses another process answers on); without one, 5000 or the next free port."""
-    if port is not None:
-        why = _port_problem(host, port)
-        if why is None:
-            return port, ""
-        taken = "in use" in why
-        return None, (f"cannot serve on {host}:{port}: {why}" + (" (another program, perhaps another `orch ui`, listens there)" if taken else "")
-                      + "; choose another " + ("port with --port N, or leave --port out to take a free one" if taken else "--host or --port"))
-    for p in range(UI_DEFAULT_PORT, UI_DEFAULT_PORT + 100):
-        why = _port_problem(host, p)
-        if why is None:
-            return p, ("" if p == UI_DEFAULT_PORT else f"port {UI_DEFAULT_PORT} on {host} is taken by another program: using {p}")
-        if "in use" not in why:
-            return None, f"cannot serve on {host}:{p}: {why}; choose another --host"
-    return None, f"no free port in {UI_DEFAULT_PORT}-{UI_DEFAULT_PORT + 99} on {host}: choose one with --port N"
-
-
 @app.command()
 def ui(
     target: Annotated[Path, typer.Argument(help="A sweep folder, or its sweep file.")],
@@ -593,26 +439,26 @@ def ui(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on a sweep's local store (mlflow.db + mlartifacts); print its experiment and compare pages."""
+    from orchestrator import ui as mlflow_ui
+
     sdir = _resolve_sweep_dir(target, profile, data_dir_)
     db = sdir / "mlflow.db"
     if not db.exists():
         err_console.print(f"[bold red]error[/]: no {db} (did this sweep log to a server? open that instead)")
         raise typer.Exit(EXIT_BAD_INPUT)
-    port, why = pick_port(host, port)
+    port, why = mlflow_ui.pick_port(host, port)
     if port is None:
         err_console.print(f"[bold red]error[/]: {why}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT)
     if why:
         console.print(why, highlight=False, soft_wrap=True)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("localhost" if host == "::" else host)
-    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
-    experiment, metric, mode, swept = _sweep_identity(sdir)
+    base = mlflow_ui.base_url(host, port)
+    experiment, metric, mode, swept = mlflow_ui.sweep_identity(sdir)
     try:
-        links = ui_links(db, experiment, base, metric, mode, swept)
+        links = mlflow_ui.ui_links(db, experiment, base, metric, mode, swept)
     except Exception as e:  # noqa: BLE001 - MlflowException / SQLAlchemy errors: not an MLflow store
         err_console.print(f"[bold red]error[/]: {db}: not a readable MLflow store ({e})")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", host, "--port", str(port), "--workers", "1"]
     say = dict(soft_wrap=True, markup=False, highlight=False)  # whole URLs on one line each, printed as they are
     console.print(f"MLflow UI on {base} (Ctrl-C to stop)", **say)
     if links["experiment_id"] is None:
@@ -627,12 +473,7 @@ def ui(
             console.print(f"  compare the {n} trial runs: {links['compare_url']}", **say)
         else:
             console.print("  no trial runs in it yet", **say)
-    sys.stdout.flush()  # exec replaces this process: what is still buffered (a pipe) would be lost
-    sys.stderr.flush()
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-    # MLflow's server imports starlette.middleware.wsgi, which warns that it is deprecated: noise for a user of it
-    os.environ["PYTHONWARNINGS"] = ",".join(x for x in (os.environ.get("PYTHONWARNINGS"), "ignore:starlette.middleware.wsgi is deprecated:UserWarning") if x)
-    os.execv(sys.executable, cmd)
+    mlflow_ui.serve(db, host, port)
 
 
 # ============================================================================================ train
@@ -651,7 +492,6 @@ def train(
     """One training run without Ray or MLflow (the training core alone), with a progress bar; before the final
     evaluation it prints how long that will take, then shows its progress."""
     from orchestrator.spec import _MISSING, SpecError, parse_yaml
-    from training.config import EVAL_SETTINGS, ConfigError, RunConfig, describe, set_dotted
 
     if help_config:
         console.print(describe(), highlight=False)
@@ -747,6 +587,77 @@ def _new_run_dir(name: str) -> str:
 def _latest_run_hint() -> str:
     runs = sorted((p for p in RUNS_DIR.glob("*") if (p / "last.pt").exists()), key=lambda p: p.stat().st_mtime) if RUNS_DIR.is_dir() else []
     return f"; the latest run here is --out-dir {shlex.quote(str(runs[-1]))}" if runs else ""
+
+
+# ============================================================================================ cluster
+
+
+cluster_app = typer.Typer(help="Local Ray clusters for trying autoscaling by hand, and the cluster.yaml check (docs/cluster.md).",
+                          no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("validate")
+def cluster_validate(file: Annotated[Path, typer.Argument(help="A `ray up` cluster.yaml.")]) -> None:
+    """Validate a ray-up cluster.yaml offline against Ray's schema (no cloud access)."""
+    from jsonschema import ValidationError
+
+    from orchestrator.cluster import load_cluster_yaml, validate_cluster_config
+
+    try:
+        cfg = validate_cluster_config(load_cluster_yaml(file))
+    except (OSError, ValueError, ValidationError) as e:
+        err_console.print(f"[bold red]error[/]: {file}: {getattr(e, 'message', e)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    types = ", ".join(f"{k} (min {t.get('min_workers', 0)}, max {t.get('max_workers', '-')})" for k, t in cfg["available_node_types"].items())
+    typer.echo(f"ok: {file}: cluster {cfg['cluster_name']}, max_workers {cfg['max_workers']}; node types: {types}")
+
+
+@cluster_app.command("fake-up")
+def cluster_fake_up(
+    max_workers: Annotated[int, typer.Option(help="Most fake worker nodes the autoscaler starts.")] = 2,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs each fake worker advertises.")] = 1,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs each fake worker advertises.")] = 1,
+    idle_timeout_minutes: Annotated[float, typer.Option(help="Idle minutes before the autoscaler removes a worker.")] = 0.1,
+) -> None:
+    """Start a local autoscaling cluster (fake GPU workers); Ctrl-C stops it (only its own processes)."""
+    import time
+
+    from orchestrator.cluster import start_local_cluster
+
+    c = start_local_cluster(fake_worker={"worker_resources": {"CPU": cpus_per_worker, "GPU": gpus_per_worker},
+                                         "max_workers": max_workers, "idle_timeout_minutes": idle_timeout_minutes})
+    typer.echo(f"cluster up in {c.start_s} s at {c.address} (temp dir {c.temp_dir}). Clients need:")
+    for k, val in c.env.items():
+        typer.echo(f"  export {k}={val}")
+    typer.echo("Ctrl-C stops it (only its own processes).")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        typer.echo(json.dumps(c.stop()))
+
+
+@cluster_app.command("down")
+def cluster_down(temp_dir: Annotated[Path, typer.Argument(help="The cluster's temp dir (/tmp/orchray-XXXX).")]) -> None:
+    """Stop a local cluster started by orch, by its temp dir (only its processes): for one whose starter was killed."""
+    from orchestrator.cluster import stop_local_cluster
+
+    typer.echo(json.dumps(stop_local_cluster(temp_dir)))
+
+
+@cluster_app.command("watch")
+def cluster_watch(
+    address: Annotated[str, typer.Option(help="The cluster's address (host:port).")],
+    interval: Annotated[float, typer.Option(help="Seconds between looks.")] = 1.0,
+    duration: Annotated[Optional[float], typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")] = None,
+) -> None:
+    """Print the alive worker nodes whenever they change (JSON lines)."""
+    from orchestrator.cluster import watch
+
+    watch(address, interval, duration)
 
 
 def main() -> None:  # `python -m orchestrator`

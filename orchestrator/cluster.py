@@ -16,18 +16,17 @@ Why this module exists (``shared/spec/stack.md`` Q5 and Q7 are the evidence):
 - ``ray.autoscaler._private.util.validate_config`` on the raw YAML fails with a misleading
   "Missing 'cluster_synced_files'" error; ``prepare_config`` first fills the provider defaults.
 
-Command line (for trying autoscaling by hand, see ``docs/cluster.md``)::
+Command line (``orch cluster``, in ``orchestrator/cli.py``; for trying autoscaling by hand, see ``docs/cluster.md``)::
 
-    python -m orchestrator.cluster validate cluster.yaml
-    python -m orchestrator.cluster fake-up [--max-workers 2] [--gpus-per-worker 1]   # blocks; Ctrl-C tears down
-    python -m orchestrator.cluster watch --address HOST:PORT [--interval 1]           # JSON line per change
-    python -m orchestrator.cluster down /tmp/orchray-XXXX    # stop a local cluster whose starter was killed
+    orch cluster validate cluster.yaml
+    orch cluster fake-up [--max-workers 2] [--gpus-per-worker 1]   # blocks; Ctrl-C tears down
+    orch cluster watch --address HOST:PORT [--interval 1]           # JSON line per change
+    orch cluster down /tmp/orchray-XXXX    # stop a local cluster whose starter was killed
 
 Nothing here imports Ray at module import time, so importing it is cheap and cannot flip Ray's auth settings.
 """
 from __future__ import annotations
 
-import argparse
 import atexit
 import json
 import os
@@ -500,54 +499,3 @@ def sweep_job_command(dashboard_url: str, sweep_file: str, *orch_args: str, work
     if no_wait:
         argv.append("--no-wait")
     return argv + ["--", python or "python", "-m", "orchestrator", "sweep", sweep_file, "--address", "auto", *orch_args]
-
-
-# ============================================================================================ CLI
-
-
-def _main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.cluster", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("validate", help="validate a ray-up cluster.yaml offline against Ray's schema")
-    v.add_argument("file")
-    f = sub.add_parser("fake-up", help="start a local autoscaling cluster (fake GPU workers); Ctrl-C stops it")
-    f.add_argument("--max-workers", type=int, default=2)
-    f.add_argument("--gpus-per-worker", type=float, default=1)
-    f.add_argument("--cpus-per-worker", type=float, default=1)
-    f.add_argument("--idle-timeout-minutes", type=float, default=0.1)
-    d = sub.add_parser("down", help="stop a local cluster started by this module, by its temp dir (only its processes)")
-    d.add_argument("temp_dir")
-    w = sub.add_parser("watch", help="print the alive worker nodes whenever they change (JSON lines)")
-    w.add_argument("--address", required=True)
-    w.add_argument("--interval", type=float, default=1.0)
-    w.add_argument("--duration", type=float, default=None)
-    a = p.parse_args(argv)
-    if a.cmd == "validate":
-        cfg = validate_cluster_config(load_cluster_yaml(a.file))
-        types = ", ".join(f"{k} (min {t.get('min_workers', 0)}, max {t.get('max_workers', '-')})" for k, t in cfg["available_node_types"].items())
-        print(f"ok: {a.file}: cluster {cfg['cluster_name']}, max_workers {cfg['max_workers']}; node types: {types}")
-        return 0
-    if a.cmd == "down":
-        print(json.dumps(stop_local_cluster(a.temp_dir)))
-        return 0
-    if a.cmd == "watch":
-        watch(a.address, a.interval, a.duration)
-        return 0
-    c = start_local_cluster(fake_worker={"worker_resources": {"CPU": a.cpus_per_worker, "GPU": a.gpus_per_worker},
-                                         "max_workers": a.max_workers, "idle_timeout_minutes": a.idle_timeout_minutes})
-    print(f"cluster up in {c.start_s} s at {c.address} (temp dir {c.temp_dir}). Clients need:")
-    for k, val in c.env.items():
-        print(f"  export {k}={val}")
-    print("Ctrl-C stops it (only its own processes).", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print(json.dumps(c.stop()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

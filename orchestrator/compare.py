@@ -16,8 +16,11 @@ A row with fewer than 2 seeds (2 pairs) gets the difference without an interval.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
+
+from training.numbers import is_finite
 
 LEVEL = 0.95
 
@@ -49,8 +52,7 @@ def _t(df: float) -> float:
 
 
 def _mean_var(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    return m, (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0)
+    return statistics.fmean(xs), statistics.variance(xs) if len(xs) > 1 else 0.0
 
 
 def difference(other: list[tuple[Any, float]], base: list[tuple[Any, float]]) -> Diff | None:
@@ -114,8 +116,8 @@ def find_baseline(gs: list[Any], name: str, where: str = "") -> Any:
 def headline_columns(rows: list[dict[str, Any]], meta: dict[str, str], cols: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """(label, column without checkpoint): Clean, PGD-10 and AA where evaluated, and the sweep's metric when it is
     another final column."""
-    eps = next((c.split("@")[1] for _, c in cols if "@" in c), None)
-    out = [(lab, c) for lab, c in cols if c == "clean" or (eps and c in (f"pgd10@{eps}", f"aa@{eps}"))]
+    eps = next((c.rsplit("_eps", 1)[1] for _, c in cols if "_eps" in c), None)
+    out = [(lab, c) for lab, c in cols if c == "clean" or (eps and c in (f"pgd10_eps{eps}", f"aa_eps{eps}"))]
     metric = meta.get("orch.metric") or ""
     ck, _, col = metric.partition("/")
     if ck in ("best", "last") and col and col not in [c for _, c in out] and any(f"{k}/{col}" in r for r in rows for k in ("best", "last")):
@@ -124,8 +126,7 @@ def headline_columns(rows: list[dict[str, Any]], meta: dict[str, str], cols: lis
 
 
 def _values(g: Any, col: str) -> list[tuple[Any, float]]:
-    return [(r.get("seed"), float(r[col])) for r in g.good()
-            if isinstance(r.get(col), (int, float)) and math.isfinite(r[col])]
+    return [(r.get("seed"), float(r[col])) for r in g.good() if is_finite(r.get(col))]
 
 
 def _pp(x: float) -> str:

@@ -25,12 +25,13 @@ dataset that is not available here (e.g. CIFAR-10 without internet) gives no est
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
+from training.config import RunConfig
+from orchestrator.space import distinct_points, trial_name
 
 PROBE_BATCHES = 4
 MAX_PROBES = 8
@@ -65,7 +66,6 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
 
     from training import run
     from training.checkpoint import load as load_ckpt
-    from training.config import RunConfig
     from training.data import load as load_data
     from training.evalcost import predict_eval_seconds, probe_eval_cost
     from training.loop import resolve_device
@@ -116,21 +116,9 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
 def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) -> tuple[list[Estimate], float | None, str | None]:
     """Probe up to MAX_PROBES distinct configs within ``budget_s`` seconds; returns (estimates, total trial
     seconds, why not if impossible). ``progress(text)`` is called before each probe."""
-    from orchestrator.space import probe_points, trial_name
-
-    if spec.trials:
-        points, seen = [], set()
-        for t in spec.trials:
-            k = json.dumps(t.swept, sort_keys=True, default=str)
-            if k not in seen:
-                seen.add(k)
-                points.append(t.swept)
-        per_point_trials = len(spec.seeds)
-        total_points = len(points)
-    else:
-        points = probe_points(spec.axes)
-        per_point_trials = spec.num_trials / max(len(points), 1)
-        total_points = len(points)
+    points = distinct_points(spec.trials, spec.axes)
+    per_point_trials = len(spec.seeds) if spec.trials else spec.num_trials / max(len(points), 1)
+    total_points = len(points)
     if len(points) > MAX_PROBES:  # spread the probes over the plan
         step = len(points) / MAX_PROBES
         points = [points[int(i * step)] for i in range(MAX_PROBES)]
@@ -154,19 +142,3 @@ def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) 
     else:
         total = mean_trial * per_point_trials * total_points
     return ests, total, None
-
-
-def fmt_duration(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    d, rem = divmod(s, 86400)
-    h, rem = divmod(rem, 3600)
-    m, sec = divmod(rem, 60)
-    if d:
-        return f"{d}d{h:02d}h"
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{sec:02d}s"
-    return f"{sec}s"

@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from training.numbers import fmt_duration
+
 
 @dataclass
 class TrialView:
@@ -39,17 +41,6 @@ class TrialView:
     eval: dict[str, Any] = field(default_factory=dict)  # the last final-evaluation progress event
     trial_s: float | None = None  # measured, once finished
     eval_line_at: float = 0.0  # when its last evaluation line was printed (plain output)
-
-
-def _fmt_s(s: float | None) -> str:
-    if s is None or s != s:
-        return "?"
-    s = int(round(s))
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
 
 
 class LiveView:
@@ -88,7 +79,7 @@ class LiveView:
 
     def _line(self, msg: str) -> None:
         if not self.interactive:
-            self.console.print(f"[{_fmt_s(time.time() - self.t0)}] {msg}", highlight=False)
+            self.console.print(f"[{fmt_duration(time.time() - self.t0)}] {msg}", highlight=False)
 
     # ------------------------------------------------------------------ events
     def trial(self, key: str, name: str, epochs: int) -> TrialView:
@@ -142,11 +133,11 @@ class LiveView:
         t.eval = ev
         if ev.get("event") == "eval_start" or first:
             t.eval_line_at = time.time()
-            self._line(f"eval   {t.name}: final evaluation ~{_fmt_s(ev.get('estimate_s'))} (measured estimate)")
+            self._line(f"eval   {t.name}: final evaluation ~{fmt_duration(ev.get('estimate_s'))} (measured estimate)")
         elif ev.get("event") == "eval" and time.time() - t.eval_line_at >= self.EVAL_LINE_EVERY_S:
             t.eval_line_at = time.time()
             self._line(f"eval   {t.name} {ev.get('checkpoint')} {ev.get('entry')} {ev.get('done')}/{ev.get('total')} images, "
-                       f"~{_fmt_s(ev.get('left_s'))} left")
+                       f"~{fmt_duration(ev.get('left_s'))} left")
 
     def finished(self, key: str, name: str, status: str, error: str | None = None) -> None:
         t = self.trial(key, name, 0)
@@ -216,7 +207,7 @@ class LiveView:
     def _left_text(self) -> str:
         left = self.sweep_left()
         unknown_eval = self._eval_s() is None and not self.trial_s
-        return ("≥" if unknown_eval and left is not None else "~") + _fmt_s(left)
+        return ("≥" if unknown_eval and left is not None else "~") + fmt_duration(left)
 
     # ------------------------------------------------------------------ rendering
     def counts(self) -> dict[str, int]:
@@ -230,7 +221,7 @@ class LiveView:
         done = sum(v for k, v in c.items() if k in ("done", "failed", "stopped"))
         caption = (
             f"{done}/{self.total} done · {c.get('running', 0)} running · {c.get('failed', 0)} failed · "
-            f"elapsed {_fmt_s(time.time() - self.t0)} · left {self._left_text()}"
+            f"elapsed {fmt_duration(time.time() - self.t0)} · left {self._left_text()}"
         )
         table = Table(title=self.title, caption=caption, expand=False)
         table.add_column("trial", no_wrap=True)
@@ -251,7 +242,7 @@ class LiveView:
             row += [_fmt(t.metrics.get(k)) for k, _ in self.COLUMNS]
             if self.metric:
                 row.append(_fmt(t.metrics.get(self.metric)))
-            row.append(_fmt_s(self.trial_left(t)) if t.status in ("running", "retrying") else "")
+            row.append(fmt_duration(self.trial_left(t)) if t.status in ("running", "retrying") else "")
             table.add_row(*row)
         return table
 

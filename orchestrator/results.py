@@ -15,10 +15,13 @@ outcome                     string     ``finished`` | ``diverged`` | ``catastrop
                                        training core) | ``failed`` | ``stopped``
 co_epoch, diverged_epoch    int64      epoch of catastrophic overfitting / divergence (null if none)
 best_epoch, epochs_run      int64      epoch of the ``best`` checkpoint; epochs trained
-best/<col>[@eps]            double     robust accuracy of the best checkpoint per evaluation column and ε in
-                                       /255 (``best/clean``, ``best/pgd10@8``, ``best/aa@8``, ``best/aa/apgd_t@8``)
-last/<col>[@eps]            double     the same for the last checkpoint
-seconds/<ckpt>/<col>[@eps]  double     wall seconds of that evaluation
+swept.<axis>                (value)    the trial's value of each swept key, as the sweep file names it
+                                       (``swept.method.k``); the same value is in its ``config.`` column
+best/<col>[_eps<e>]         double     robust accuracy of the best checkpoint per evaluation column and ε in
+                                       /255 (``best/clean``, ``best/pgd10_eps8``, ``best/aa_eps8``,
+                                       ``best/aa/apgd_t_eps8``; names from ``training.metrics``)
+last/<col>[_eps<e>]         double     the same for the last checkpoint
+seconds/<ckpt>/<col>[_eps<e>] double   wall seconds of that evaluation
 time/train_s                double     training seconds (sum of epochs, per-epoch evaluation excluded)
 time/eval_s                 double     seconds of the final robustness evaluation
 time/trial_s                double     wall seconds of the trial on its worker, all attempts (efficiency)
@@ -36,7 +39,8 @@ config.<dotted.key>         (value)    the resolved RunConfig, flattened (``conf
 ==========================  =========  ===================================================================
 
 File metadata (Parquet key-value): ``orch.sweep`` (name), ``orch.swept`` (JSON list of swept keys, without
-``seed``), ``orch.metric`` and ``orch.mode``, ``orch.schema_version``.
+``seed``), ``orch.metric`` and ``orch.mode``, ``orch.schema_version``. A file written before metric names were
+spelled as MLflow allows (``best/pgd10@8``) is read with today's names.
 """
 from __future__ import annotations
 
@@ -50,11 +54,13 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from training import metrics
+from training.numbers import is_number
+from training.config import flatten
+
 SCHEMA_VERSION = "1"
 ID_COLUMNS = ("trial_key", "trial_name", "trial_index", "seed", "status", "outcome")
-INT_COLUMNS = ("trial_index", "seed", "co_epoch", "diverged_epoch", "best_epoch", "epochs_run", "n_test", "attempts")
-FINAL_PREFIXES = ("best/", "last/", "seconds/")
-TIME_KEYS = ("time/train_s", "time/eval_s", "time/trial_s")
+INT_COLUMNS = ("trial_index", "seed", *metrics.INT_KEYS, "attempts")
 
 
 def trial_row(
@@ -71,11 +77,11 @@ def trial_row(
     mlflow_run_id: str | None = None,
     out_dir: str | None = None,
     epoch_record: dict[str, Any] | None = None,
+    swept: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One results row from a trial's last reported record (its final record when it finished); ``epoch_record``
-    (the last line of its ``metrics.jsonl``) gives a finished trial its ``epoch/*`` columns too."""
-    from training.config import flatten
-
+    (the last line of its ``metrics.jsonl``) gives a finished trial its ``epoch/*`` columns too; ``swept`` (axis ->
+    value) its ``swept.*`` columns."""
     r = dict(last_result or {})
     final = bool(r.get("final"))
     if status == "failed":
@@ -88,20 +94,22 @@ def trial_row(
         "trial_key": key, "trial_name": name, "trial_index": index, "seed": seed,
         "status": status if (status != "finished" or final) else "stopped", "outcome": outcome,
     }
-    for k in ("co_epoch", "diverged_epoch", "best_epoch", "epochs_run", "n_test"):
+    for k, v in (swept or {}).items():
+        row[f"swept.{k}"] = v
+    for k in metrics.INT_KEYS:
         row[k] = r.get(k)
     if not final and r.get("epoch") is not None:
         row["epochs_run"] = r.get("epoch")
     for k, v in r.items():
-        if k.startswith(FINAL_PREFIXES) and _num(v):
-            row[k] = float(v)
-    for k in TIME_KEYS:
-        if _num(r.get(k)):
+        if k.startswith(metrics.MATRIX_PREFIXES) and is_number(v):
+            row[metrics.canonical(k)] = float(v)
+    for k in metrics.TIME_KEYS:
+        if is_number(r.get(k)):
             row[k] = float(r[k])
     last_epoch = r if not final else (epoch_record or {})  # the last epoch's record
     if last_epoch:
         for k, v in last_epoch.items():
-            if "/" in k and not k.startswith(("orch/", "time/trial_s")) and _num(v):
+            if "/" in k and not k.startswith(("orch/", "time/trial_s")) and is_number(v):
                 row[f"epoch/{k}"] = float(v)
     row["error"] = (error or "").strip().splitlines()[-1][:1000] if error else None
     row["attempts"] = r.get("orch/attempt")
@@ -113,10 +121,6 @@ def trial_row(
     for k, v in flatten(config or {}).items():
         row[f"config.{k}"] = v
     return row
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def to_table(rows: Iterable[dict[str, Any]], metadata: dict[str, str] | None = None) -> pa.Table:
@@ -140,6 +144,7 @@ def to_table(rows: Iterable[dict[str, Any]], metadata: dict[str, str] | None = N
 
 _GROUPS: tuple[tuple[str, ...], ...] = (
     ID_COLUMNS,
+    ("swept.",),
     ("co_epoch", "diverged_epoch", "best_epoch", "epochs_run"),
     ("best/",), ("last/",), ("seconds/",), ("time/", "n_test"), ("epoch/",),
     ("error", "attempts", "config_hash", "host", "tune_trial_id", "mlflow_run_id", "out_dir"),
@@ -160,7 +165,9 @@ def _column_rank(c: str) -> tuple[int, int]:
 def _array(name: str, values: list[Any]) -> pa.Array:
     if name in INT_COLUMNS:
         return pa.array([None if v is None else int(v) for v in values], type=pa.int64())
-    if name.startswith(FINAL_PREFIXES + ("time/", "epoch/")):
+    if name.startswith("swept.") and any(isinstance(v, (dict, list)) for v in values):  # a section or a list: as written
+        return pa.array([None if v is None else json.dumps(v) for v in values], type=pa.string())
+    if name.startswith(metrics.MATRIX_PREFIXES + ("time/", "epoch/")):
         return pa.array([None if v is None else float(v) for v in values], type=pa.float64())
     try:
         arr = pa.array(values)
@@ -191,6 +198,9 @@ def read_rows(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
         return [], {}
     t = pq.read_table(path)
     meta = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
+    t = t.rename_columns([metrics.canonical(c) for c in t.column_names])  # best/pgd10@8 (before) -> best/pgd10_eps8
+    if "orch.metric" in meta:
+        meta["orch.metric"] = metrics.canonical(meta["orch.metric"])
     rows = [{k: v for k, v in r.items() if v is not None} for r in t.to_pylist()]  # absent columns read as null
     return rows, meta
 
@@ -202,7 +212,7 @@ class ResultsFile:
     ``upsert`` writes at once when the last write is older than ``WRITE_EVERY_S`` or ten times its own cost
     (whichever is longer: writing takes at most ~10% of the driver's time at any size); otherwise the row waits
     for ``flush`` (called at every Tune step and at the end of the sweep). A driver killed meanwhile loses only
-    rows that Tune's own state still has: ``--resume`` writes them again (tuner._reconcile).
+    rows that Tune's own state still has: ``--resume`` writes them again (SweepCallback.reconcile).
     """
 
     WRITE_EVERY_S = 2.0

@@ -15,6 +15,7 @@ Nothing here imports Ray or Optuna at module level: validation and ``orch valida
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
@@ -91,6 +92,16 @@ def probe_points(axes: list[Axis]) -> list[dict[str, Any]]:
         for v in a.probe_values()[1:]:
             pts.append({**first, a.key: v})
     return pts
+
+
+
+def distinct_points(trials: Iterable[Any], axes: list[Axis]) -> list[dict[str, Any]]:
+    """The distinct swept points of a planned trial list (each trial's ``swept``; seeds don't change a config), in
+    order; without a list (a search), the :func:`probe_points` of ``axes``."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        out.setdefault(json.dumps(t.swept, sort_keys=True, default=str), t.swept)
+    return list(out.values()) or probe_points(axes)
 
 
 def optuna_space(axes: Iterable[Axis]) -> dict[str, Any]:

@@ -21,11 +21,9 @@ nothing is started before this returns.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,19 +32,16 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.space import KINDS, Axis, grid_points, probe_points, random_points, trial_name
+from training import metrics
+from training.numbers import is_finite as _is_num
+
+from orchestrator.search import ALGORITHMS
+from orchestrator.space import KINDS, Axis, distinct_points, probe_points, trial_name
+from training.config import ConfigError, RunConfig, set_dotted
 
 MAX_TRIALS_WITHOUT_YES = 1000
 NO_PROFILE = "none"  # `--profile none`: the file without any overlay
 
-# Metric names every epoch record has (training.loop.run's contract).
-EPOCH_METRICS = (
-    "epoch", "train/loss", "train/acc", "train/adv_success", "train/pgd_acc", "val/clean_acc", "val/pgd_acc",
-    "lr", "time/epoch_s", "time/epoch_eval_s", "time/images_per_s", "time/train_s", "co/detected",
-)
-# Scalar keys of the final record, whatever the evaluation list.
-FINAL_SCALARS = ("best_epoch", "co_epoch", "diverged_epoch", "epochs_run", "time/train_s", "time/eval_s", "n_test")
-AA_STAGES = ("apgd_ce", "apgd_t", "fab_t", "square")
 # keys the orchestrator owns; a sweep file may not set them
 RESERVED_RUN_KEYS = ("out_dir", "name", "seed")
 
@@ -275,7 +270,7 @@ class _Strict(BaseModel):
 
 
 class SearchConfig(_Strict):
-    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    algorithm: Literal[tuple(ALGORITHMS)] = "grid"  # search.py's registry
     num_samples: int | None = Field(None, ge=1)  # random / optuna: configs to try (each runs with every seed)
     seed: int = 0  # random points / TPE sampler seed
     # optuna: the study's storage; default sqlite in the sweep folder. Several sweeps (or machines) may share one
@@ -391,18 +386,21 @@ class SweepSpec:
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def run_dict(self, swept: Mapping[str, Any], seed: int, *, name: str, out_dir: str) -> dict[str, Any]:
-        """The nested RunConfig dict of one trial: base, then the swept values, then seed / name / out_dir."""
-        from training.config import set_dotted
-
-        d = json.loads(json.dumps(self.base))  # deep copy, plain types
-        for k, v in swept.items():
-            set_dotted(d, k, json.loads(json.dumps(v)))
-        d["seed"], d["name"], d["out_dir"] = seed, name, out_dir
-        return d
+        return run_dict(self.base, swept, seed, name=name, out_dir=out_dir)
 
     def error(self, path: Path_, value: Any, problem: str, key: str | None = None) -> SpecError:
         """A SpecError located at ``path`` of the sweep document (for checks made after loading)."""
         return self.origins.error(path, value, problem, key)
+
+
+def run_dict(base: Mapping[str, Any], swept: Mapping[str, Any], seed: int, *, name: str, out_dir: str) -> dict[str, Any]:
+    """The nested RunConfig dict of one trial: the sweep's base, then the swept values, then seed / name / out_dir
+    (the one place it is built: validation, the estimate, the driver and the worker all call this)."""
+    d = json.loads(json.dumps(base))  # deep copy, plain types
+    for k, v in swept.items():
+        set_dotted(d, k, json.loads(json.dumps(v)))
+    d["seed"], d["name"], d["out_dir"] = seed, name, out_dir
+    return d
 
 
 def trial_key(sweep_name: str, swept: Mapping[str, Any], seed: int, extra: Any = None) -> str:
@@ -505,7 +503,6 @@ def load_spec(
         if isinstance(doc.get("base"), dict):  # and the run config's, so that every typo is reported at once
             point = (probe_points(axes_) or [{}])[0]
             d = json.loads(json.dumps({**doc["base"], "seed": 0, "name": "validate", "out_dir": "/nonexistent/validate"}, default=str))
-            from training.config import ConfigError, set_dotted
 
             try:
                 for k, v in point.items():
@@ -532,29 +529,30 @@ def load_spec(
     seeds = _parse_seeds(doc.get("seeds", _MISSING), model.base, origins, errors)
     axes = _parse_axes(model.axes, origins, errors)
     errors += _sets_under_axes(set_paths, axes, model.base, origins)
-    alg = model.search.algorithm
-    if alg == "grid":
-        if model.search.num_samples not in (None, 1):
-            errors.append(origins.error(("search", "num_samples"), model.search.num_samples, "a grid runs every combination once; repeats are `seeds:`"))
+    alg = ALGORITHMS[model.search.algorithm]
+    if not alg.samples and model.search.num_samples not in (None, 1):
+        errors.append(origins.error(("search", "num_samples"), model.search.num_samples, f"a {alg.name} runs every combination once; repeats are `seeds:`"))
+    elif alg.samples and model.search.num_samples is None:
+        errors.append(origins.error(("search",), alg.name, f"search.num_samples is required for {alg.name} (how many configs to try)", key="search.num_samples"))
+    if not alg.ranges:
         for a in axes:
             if not a.discrete:
-                errors.append(origins.error(("axes", a.key), a.describe(), f"a {a.kind} range cannot be a grid axis: use search.algorithm random or optuna, or list values"))
-    elif model.search.num_samples is None:
-        errors.append(origins.error(("search",), alg, f"search.num_samples is required for {alg} (how many configs to try)", key="search.num_samples"))
-    if alg != "grid" and not axes:
-        errors.append(origins.error(("search", "algorithm"), alg, "needs at least one axis to search over"))
-    if alg == "optuna" and not model.metric:
-        errors.append(origins.error(("search", "algorithm"), alg, "optuna needs `metric:` (and `mode:`) to optimise", key="metric"))
+                ranged = " or ".join(n for n, x in ALGORITHMS.items() if x.ranges)
+                errors.append(origins.error(("axes", a.key), a.describe(), f"a {a.kind} range cannot be a {alg.name} axis: use search.algorithm {ranged}, or list values"))
+    if alg.needs_axes and not axes:
+        errors.append(origins.error(("search", "algorithm"), alg.name, "needs at least one axis to search over"))
+    if alg.needs_metric and not model.metric:
+        errors.append(origins.error(("search", "algorithm"), alg.name, f"{alg.name} needs `metric:` (and `mode:`) to optimise", key="metric"))
     if model.scheduler.name == "asha":
         if not model.metric:
             errors.append(origins.error(("scheduler", "name"), "asha", "asha needs `metric:` (and `mode:`)", key="metric"))
-        elif model.metric not in EPOCH_METRICS:
-            errors.append(origins.error(("metric",), model.metric, "asha compares trials every epoch, so `metric` must be an epoch metric: " + ", ".join(EPOCH_METRICS)))
+        elif not metrics.is_epoch_metric(metrics.canonical(model.metric)):
+            errors.append(origins.error(("metric",), model.metric, "asha compares trials every epoch, so `metric` must be an epoch metric: " + ", ".join(metrics.EPOCH_KEYS)))
     if model.resources.gpu > 1 and model.resources.gpu != int(model.resources.gpu):
         errors.append(origins.error(("resources", "gpu"), model.resources.gpu, "a fraction of a GPU must be <= 1 (0.5 packs two trials per GPU); above 1, whole GPUs"))
     st = model.search.storage
     if st is not None:
-        if alg != "optuna":
+        if not alg.storage:
             errors.append(origins.error(("search", "storage"), st, "only an optuna search keeps a study storage"))
         elif not (st.startswith("sqlite:////") or st.startswith(("postgresql", "mysql"))):
             errors.append(origins.error(("search", "storage"), st, "expected sqlite:////abs/path.db (an absolute path), "
@@ -568,27 +566,26 @@ def load_spec(
         raise SpecErrors(errors)
 
     # ---------------------------------------------------------------- size
-    if alg == "grid":
+    if not alg.samples:
         n_points = math.prod(len(a.values) for a in axes) if axes else 1
     else:
         n_points = model.search.num_samples or 0
     num_trials = n_points * len(seeds)
     if num_trials > MAX_TRIALS_WITHOUT_YES and not yes:
-        p = ("axes",) if alg == "grid" else ("search", "num_samples")
+        p = ("search", "num_samples") if alg.samples else ("axes",)
         raise SpecErrors([origins.error(p, num_trials, f"this sweep has {num_trials} trials (more than {MAX_TRIALS_WITHOUT_YES}); pass --yes if you mean it", key="trials")])
 
     trials: list[TrialSpec] = []
-    if alg in ("grid", "random"):
-        points = grid_points(axes) if alg == "grid" else random_points(axes, n_points, model.search.seed)
-        for i, p in enumerate(points):
+    if alg.planned:
+        for i, p in enumerate(alg.plan(axes, n_points, model.search.seed)):
             for s in seeds:
-                extra = i if alg == "random" else None  # random may draw the same point twice
-                prefix = f"#{i}:" if alg == "random" else ""
+                extra = i if alg.repeats else None  # random may draw the same point twice
+                prefix = f"#{i}:" if alg.repeats else ""
                 trials.append(TrialSpec(len(trials), p, s, trial_name(p, s, prefix), trial_key(name, p, s, extra)))
 
     spec = SweepSpec(
         file=where, profile=chosen, name=name, description=model.description, base=model.base, axes=axes,
-        seeds=seeds, search=model.search, scheduler=model.scheduler, metric=model.metric, mode=model.mode,
+        seeds=seeds, search=model.search, scheduler=model.scheduler, metric=metrics.canonical(model.metric) if model.metric else None, mode=model.mode,
         max_concurrent_trials=model.max_concurrent_trials, resources=model.resources,
         max_failures=model.max_failures, tracking_uri=uri, trials=trials, num_trials=num_trials,
         resolved={k: v for k, v in doc.items() if k not in ("profiles", "default_profile")},
@@ -637,8 +634,6 @@ def _sets_under_axes(sets: list[tuple[str, Path_, Any]], axes: list[Axis], base:
     """Refuse a ``--set base.K=V`` whose value an axis replaces in every trial (``base.method.k`` when ``method.k``
     is swept): it would be accepted and have no effect. The value is still checked first, so a bad one gets its
     own message (``base.method.k=abc``: an integer is expected)."""
-    from training.config import ConfigError, RunConfig, set_dotted
-
     out = []
     for text, path, value in sets:
         if path[:1] != ("base",) or len(path) < 2:
@@ -701,10 +696,6 @@ def _parse_seeds(raw: Any, base: Mapping[str, Any], origins: _Origins, errors: l
         return [s for s in raw if isinstance(s, int)] or [0]
     errors.append(origins.error(("seeds",), raw, "must be a list of integers ([0, 1, 2]) or a count (3)"))
     return [0]
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _parse_axes(raw: Mapping[str, Any], origins: _Origins, errors: list[SpecError]) -> list[Axis]:
@@ -788,44 +779,32 @@ def tracking_uri_problem(uri: str) -> str | None:
 # --------------------------------------------------------------------------------------------- run configs
 
 
-def produced_metrics(cfg: Any) -> set[str]:
-    """Every metric name a trial with this RunConfig reports: epoch keys and final keys (training.loop.run).
-
-    Final keys: ``{ckpt}/clean``, ``{ckpt}/{column}@{eps}`` for every evaluated checkpoint, column and ε (the
-    threat model's and ``eval.eps_255``), AutoAttack's stages ``{ckpt}/aa/{stage}@{eps}``, and their times
-    ``seconds/{ckpt}/...``. (``best`` is missing when a run diverges before its first epoch; not predictable.)
-    """
-    names = set(EPOCH_METRICS) | set(FINAL_SCALARS)
-    eps_list = [cfg.threat.eps_255] + [e for e in cfg.eval.eps_255 if e != cfg.threat.eps_255]
-    for ck in cfg.eval.checkpoints:
-        for col in cfg.eval.attacks:
-            keys = [col] if col == "clean" else [f"{col}@{float(e):g}" for e in eps_list]
-            if col == "aa":
-                keys += [f"aa/{s}@{float(e):g}" for s in AA_STAGES for e in eps_list]
-            for k in keys:
-                names.add(f"{ck}/{k}")
-                if not k.startswith("aa/"):
-                    names.add(f"seconds/{ck}/{k}")
-    return names
-
-
 def _config_error(spec: SweepSpec, origins: _Origins, e: Any, swept: Mapping[str, Any], label: str) -> SpecError:
-    """Map a training ConfigError (dotted RunConfig key) back to where the value came from in the sweep file."""
+    """Map a training ConfigError (dotted RunConfig key, ``method.k``) back to where the value came from in the sweep
+    file: the axis that sets it, else the ``base`` key, through the same ``origins`` as the sweep file's own errors."""
     key = re.sub(r"\[\d+\]$", "", e.key)
     for ax in swept:
         if key == ax or key.startswith(ax + ".") or ax.startswith(key + "."):
-            where, ln = origins.locate(("axes", ax))
-            return SpecError(where, f"axes.{ax}", e.value, f"{e.problem} (in trial {label})" if label else e.problem, ln)
+            return origins.error(("axes", ax), e.value, f"{e.problem} (in trial {label})" if label else e.problem, f"axes.{ax}")
     path: Path_ = ("base",) + tuple(int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]\.?", e.key) if p != "")
-    where, ln = origins.locate(path)
-    return SpecError(where, f"base.{e.key}", e.value, e.problem, ln)
+    return origins.error(path, e.value, e.problem, f"base.{e.key}")
 
 
 def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]:
-    """``(RunConfig, [])``, or ``(None, every ConfigError)``: the RunConfig names its first problem only, so each
-    offending key is taken out (a wrong ``X.name``: its whole section) and the rest checked again, and two typos
-    in one file are both reported."""
-    from training.config import ConfigError, RunConfig
+    """``(RunConfig, [])``, or ``(None, every ConfigError)``. One validation names every wrong key of the sections
+    (``ConfigError.errors``); the checks across sections run once those pass, so the offending keys are taken out
+    (a wrong ``X.name``: its whole section) and the rest checked again, and every typo in a file is reported."""
+    def take_out(key: str) -> bool:
+        parts = re.sub(r"\[\d+\].*$", "", key).split(".")
+        if len(parts) > 1 and parts[-1] == "name":
+            parts = parts[:-1]  # another method, model, dataset: its parameters no longer apply
+        cur: Any = d
+        for p in parts[:-1]:
+            cur = cur.get(p) if isinstance(cur, dict) else None
+        if not isinstance(cur, dict) or parts[-1] not in cur:
+            return False  # not a key of the document (a check across keys): nothing to take out
+        del cur[parts[-1]]
+        return True
 
     d = json.loads(json.dumps(d))
     errs: list[ConfigError] = []
@@ -834,36 +813,26 @@ def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]
             cfg = RunConfig.from_dict(d)
             return (None if errs else cfg), errs
         except ConfigError as e:
-            errs.append(e)
-            parts = re.sub(r"\[\d+\].*$", "", e.key).split(".")
-            if len(parts) > 1 and parts[-1] == "name":
-                parts = parts[:-1]  # another method, model, dataset: its parameters no longer apply
-            cur: Any = d
-            for p in parts[:-1]:
-                cur = cur.get(p) if isinstance(cur, dict) else None
-            if not isinstance(cur, dict) or parts[-1] not in cur:
-                break  # not a key of the document (a check across keys): nothing to take out
-            del cur[parts[-1]]
+            errs += e.errors
+            if not [x for x in e.errors if take_out(x.key)]:
+                break
     return None, errs
 
 
 def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
     """Build the RunConfig of every trial (or of every probe point) and check the metric; raise SpecErrors."""
-    if spec.trials:
-        points = []
-        seen: set[str] = set()
-        for t in spec.trials:  # one config per distinct point: seeds don't change validity
-            k = json.dumps(t.swept, sort_keys=True, default=str)
-            if k not in seen:
-                seen.add(k)
-                points.append(t.swept)
-    else:
-        points = probe_points(spec.axes)
+    points = distinct_points(spec.trials, spec.axes)  # one config per distinct point: seeds don't change validity
     errors: dict[tuple[str, str], SpecError] = {}
     configs = []
     for p in points:
         label = trial_name(p, spec.seeds[0]) if p else ""
-        cfg, errs = config_problems(spec.run_dict(p, spec.seeds[0], name="validate", out_dir="/nonexistent/validate"))
+        try:
+            d = spec.run_dict(p, spec.seeds[0], name="validate", out_dir="/nonexistent/validate")
+        except ConfigError as e:  # an axis under a key the base gives as a value (`method: fgsm_sdi` + `method.k`)
+            cfg, errs = None, [ConfigError(e.key, e.value, f"{e.problem}: write the base's value as a section "
+                                           f"({e.key.split('.')[0]}: {{name: ...}})")]
+        else:
+            cfg, errs = config_problems(d)
         for e in errs:
             err = _config_error(spec, origins, e, p, label)
             errors.setdefault((err.key, e.problem), err)
@@ -875,55 +844,16 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
     if spec.scheduler.name == "asha" and spec.scheduler.max_t is None:
         spec.scheduler = spec.scheduler.model_copy(update={"max_t": max(spec.epochs)})
     if spec.metric:
-        missing = [label or "(base)" for label, cfg in configs if spec.metric not in produced_metrics(cfg)]
+        missing = [label or "(base)" for label, cfg in configs if spec.metric not in metrics.final_keys(cfg)]
         if missing:
-            sample = sorted(produced_metrics(configs[0][1]))
+            sample = sorted(metrics.final_keys(configs[0][1]))
             finals = [m for m in sample if "/" in m and m.split("/")[0] in ("best", "last")]
             raise SpecErrors([origins.error(("metric",), spec.metric,
                 f"no such metric in {'any trial' if len(missing) == len(configs) else 'trials ' + ', '.join(missing[:5])}; "
-                f"epoch metrics: {', '.join(EPOCH_METRICS[1:])}; final metrics here: {', '.join(finals[:12])}{' ...' if len(finals) > 12 else ''}")])
+                f"epoch metrics: {', '.join(metrics.EPOCH_KEYS[1:])}; final metrics here: {', '.join(finals[:12])}{' ...' if len(finals) > 12 else ''}")])
     for _, cfg in configs[:1]:
         if cfg.device.startswith("cuda") and spec.resources.gpu == 0:
             raise SpecErrors([origins.error(("resources", "gpu"), 0, f"trials ask for device {cfg.device} but get no GPU: set resources.gpu (or device: auto)")])
-
-
-MIN_FREE_MB_ENV = "ORCH_MIN_FREE_MB"  # free space a sweep needs to start (default 200 MB)
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
-
-
-def check_storage(sweep_dir: Path, option: str = "--data-dir") -> None:
-    """Refuse, before anything is written, an output folder that cannot hold the sweep: a path through a file,
-    a read-only or unwritable file system, or less free space than ``ORCH_MIN_FREE_MB`` (default 200 MB)."""
-    sweep_dir = Path(sweep_dir)
-    probe = sweep_dir
-    while not probe.exists():
-        if probe.is_symlink():  # a dangling link
-            raise SpecErrors([SpecError(option, "output folder", str(probe), "is a broken symbolic link")])
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SpecErrors([SpecError(option, "output folder", str(sweep_dir), f"{probe} is a file, not a folder")])
-    st = os.statvfs(probe)
-    if st.f_flag & os.ST_RDONLY:
-        raise SpecErrors([SpecError(option, "output folder", str(sweep_dir), f"{probe} is on a read-only file system")])
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpecErrors([SpecError(option, "output folder", str(sweep_dir), f"{probe} is not writable by this user")])
-    need = float(os.environ.get(MIN_FREE_MB_ENV, "200"))
-    free = st.f_bavail * st.f_frsize / 2**20
-    if free < need:
-        raise SpecErrors([SpecError(option, "output folder", str(sweep_dir),
-            f"only {free:.1f} MB free on the file system of {probe}; a sweep needs at least {need:g} MB to start "
-            f"(checkpoints, Ray's experiment state, MLflow); free space or set {MIN_FREE_MB_ENV}")])
-
-
-def storage_error(e: BaseException) -> OSError | None:
-    """The out-of-space / read-only / permission OSError behind an exception (Ray wraps them), if any."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-            return e
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def check_resources(spec: SweepSpec, cpus: float, gpus: float, where: str = "this machine") -> None:
@@ -935,35 +865,3 @@ def check_resources(spec: SweepSpec, cpus: float, gpus: float, where: str = "thi
         errs.append(spec.error(("resources", "gpu"), spec.resources.gpu, f"each trial asks for more GPUs than {where} has ({gpus:g}); it would wait forever"))
     if errs:
         raise SpecErrors(errs)
-
-
-def check_sweep_dir(spec: SweepSpec, sweep_dir: Path, resume: bool) -> None:
-    """Refuse to start over an existing sweep, or to resume one that does not exist or was defined differently.
-
-    A resumed sweep must run the same trials: its folder's ``sweep.json`` digest (name, base, axes, seeds, search,
-    scheduler, metric, profile) must match the file as loaded now. Concurrency, failures and tracking may change.
-    """
-    sweep_dir = Path(sweep_dir)
-    state = sweep_dir / "sweep.json"
-    if not resume:
-        started = state.exists() or (sweep_dir / "ray").exists() or (sweep_dir / "results.parquet").exists()
-        if started:
-            raise SpecErrors([spec.error(("name",), spec.name,
-                f"{sweep_dir} already holds this sweep: continue it with --resume, or remove that folder "
-                "(or change the name or profile) to start over", key="sweep folder")])
-        return
-    if not state.exists():
-        raise SpecErrors([SpecError("--resume", "sweep folder", str(sweep_dir), "nothing to resume there (no sweep.json): run without --resume")])
-    try:
-        old = json.loads(state.read_text())
-    except (OSError, ValueError) as e:
-        raise SpecErrors([SpecError("--resume", "sweep folder", str(state), f"unreadable: {e}")]) from None
-    if old.get("digest") != spec.digest:
-        prev = old.get("resolved") or {}
-        changed = [k for k in ("name", "base", "axes", "seeds", "search", "scheduler", "metric", "mode")
-                   if json.dumps(prev.get(k), sort_keys=True, default=str) != json.dumps(spec.resolved.get(k), sort_keys=True, default=str)]
-        if old.get("profile") != spec.profile:
-            changed.append(f"profile ({old.get('profile')} -> {spec.profile})")
-        raise SpecErrors([SpecError("--resume", "sweep", ", ".join(changed) or old.get("digest"),
-            f"the sweep changed since {sweep_dir} was started, so resuming would mix two sweeps; "
-            "restore the original file, or start a new sweep (other name or profile)")])

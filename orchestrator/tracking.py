@@ -31,8 +31,8 @@ The only module that imports ``mlflow`` (lazily, inside :class:`Tracker`).
   back-off, about 2 minutes per call) are cut to ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=2`` and a 20 s timeout, unless
   set, so an outage does not freeze the driver's event loop.
 
-Names: MLflow refuses ``@`` in metric names, so ``best/pgd10@8`` is logged as ``best/pgd10_eps8``
-(:func:`mlflow_key`). Parameters are the flattened resolved RunConfig (``method.k``, ``optim.lr``, ...).
+Names: metrics are logged under their one spelling (``training.metrics``: ``best/pgd10_eps8``, as in the sweep
+file, results.parquet and the report). Parameters are the flattened resolved RunConfig (``method.k``, ``optim.lr``, ...).
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ import logging
 import math
 import os
 import platform
-import re
 import subprocess
 import time
 import urllib.error
@@ -50,20 +49,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from training import metrics
+
 log = logging.getLogger("orch.tracking")
 
 RETRIES = 2  # ours, around MLflow's own HTTP retries
 FLUSH_BACKOFF_S = 5.0  # during an outage, how often the queue is retried
 TRIAL_KEY_TAG = "orch.trial_key"
-# what of a final record becomes MLflow metrics (not Tune's bookkeeping: pid, timestamp, training_iteration...)
-FINAL_PREFIXES = ("best/", "last/", "seconds/", "time/")
 UNLOGGED_PARAMS = ("name", "out_dir")  # config keys that are not logged as params (see Tracker.trial_run)
-FINAL_KEYS = ("best_epoch", "epochs_run", "n_test", "co_epoch", "diverged_epoch")
 
 
-def mlflow_key(key: str) -> str:
-    """A result key as a valid MLflow metric name (``best/pgd10@8`` -> ``best/pgd10_eps8``)."""
-    return re.sub(r"[^/\w.\- ]", "_", key.replace("@", "_eps"))
+def is_final_metric(key: str) -> bool:
+    """What of a final record becomes MLflow metrics (not Tune's bookkeeping: pid, timestamp, training_iteration...)."""
+    return key.startswith(metrics.MATRIX_PREFIXES + ("time/",)) or key in metrics.INT_KEYS
 
 
 def default_uri(sweep_dir: Path) -> str:
@@ -304,7 +302,7 @@ class Tracker:
     def log_final(self, run_id: str, final: dict[str, Any], step: int, artifacts: list[Path], status: str) -> None:
         """The final record's numbers (at the last epoch's step), outcome tags, artifacts, and the run status."""
         tags = {f"orch.{k}": v for k, v in final.items() if k in ("outcome", "co_epoch", "diverged_epoch", "best_epoch") and v is not None}
-        self._log_batch(run_id, _metrics({k: v for k, v in final.items() if k.startswith(FINAL_PREFIXES) or k in FINAL_KEYS}, step), tags)
+        self._log_batch(run_id, _metrics({k: v for k, v in final.items() if is_final_metric(k)}, step), tags)
         files = [a for a in artifacts if a.exists()]
         folders = {a.parent for a in files}
         if len(folders) == 1 and {f.name for f in next(iter(folders)).iterdir()} == {a.name for a in files}:
@@ -341,13 +339,29 @@ class Tracker:
             self._call(self.client.log_batch, run_id, metrics=m, tags=t)
 
 
+def sweep_tracker(spec: Any, sweep_dir: Path, uri: str, resume: bool, command: str) -> "Tracker":
+    """The Tracker of a sweep invocation, its parent run started (the sweep's settings as params, sweep.json attached)."""
+    artifact_root = (sweep_dir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+    tr = Tracker(uri, spec.name, artifact_location=artifact_root)
+    tr.start_sweep(
+        f"{'resume' if resume else 'sweep'} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        {**environment_tags(), "orch.command": command[:5000], "orch.invocation": "resume" if resume else "start",
+         "orch.sweep_dir": str(sweep_dir), "orch.profile": str(spec.profile)},
+        {"algorithm": spec.search.algorithm, "num_trials": spec.num_trials, "seeds": spec.seeds,
+         "axes": {a.key: a.describe() for a in spec.axes}, "metric": spec.metric, "mode": spec.mode,
+         "scheduler": spec.scheduler.name, "profile": spec.profile, "digest": spec.digest, "resources": spec.resources.model_dump()},
+    )
+    tr.log_parent_artifact(sweep_dir / "sweep.json")
+    return tr
+
+
 def _metrics(record: dict[str, Any], step: int) -> list[Any]:
     """A record's numbers as MLflow metrics at ``step`` (not booleans, infinities, or orch's own ``orch/`` keys)."""
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
     return [
-        Metric(mlflow_key(k), float(v), ts, step)
+        Metric(metrics.canonical(k), float(v), ts, step)
         for k, v in record.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("orch/") and v is not None
         and not (isinstance(v, float) and math.isinf(v))

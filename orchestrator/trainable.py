@@ -31,7 +31,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -40,19 +39,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training import metrics
+
+from orchestrator.spec import run_dict
+from orchestrator.sweepdir import trial_dir
+from training.config import ConfigError, RunConfig
+
 CRASH_ONCE_ENV = "ORCH_TEST_CRASH_ONCE"
 ERROR_KEY = "orch/error"  # in a trial's last result: it failed with an error a retry would repeat (the message)
 PROGRESS_EVERY_S = 2.0  # at most one final-evaluation progress result per this many seconds
 
 
 def _deterministic() -> tuple[type[Exception], ...]:
-    from training.config import ConfigError
     from training.data import DatasetUnavailable
 
     return (DatasetUnavailable, ConfigError)
 LOCK_WAIT_S = 120.0  # how long a restarted trial waits for a predecessor worker to die
 # files of a trial folder that a checkpoint carries (everything run() needs to resume, and its results)
-CHECKPOINT_FILES = ("last.pt", "best.pt", "metrics.jsonl", "config.json", "results.json", "orch_trial.json", "orch_state.json")
+CURVES_PNG = "curves.png"  # the trial's per-epoch curves, drawn here at its end (the driver logs it to MLflow)
+CHECKPOINT_FILES = ("last.pt", "best.pt", metrics.METRICS_FILE, metrics.CONFIG_FILE, metrics.RESULTS_FILE,
+                    "orch_trial.json", "orch_state.json", CURVES_PNG)
 
 
 @dataclass(frozen=True)
@@ -65,20 +71,8 @@ class TrialContext:
     crash_once: str | None = None  # ORCH_TEST_CRASH_ONCE of the driver
 
 
-def trial_dir(trials_dir: str | Path, name: str, key: str) -> Path:
-    """``<trials>/<name>-<key8>``: readable, filesystem-safe, and unique through the key."""
-    safe = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", name).strip("._")[:80]
-    return Path(trials_dir) / f"{safe}-{key[:8]}"
-
-
 def run_config_dict(ctx: TrialContext, trial: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    from training.config import set_dotted
-
-    d = json.loads(json.dumps(ctx.base))
-    for k, v in trial["swept"].items():
-        set_dotted(d, k, json.loads(json.dumps(v)))
-    d["seed"], d["name"], d["out_dir"] = trial["seed"], trial["name"], str(out_dir)
-    return d
+    return run_dict(ctx.base, trial["swept"], trial["seed"], name=trial["name"], out_dir=str(out_dir))
 
 
 def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
@@ -92,7 +86,6 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         from ray import tune
 
         from training import run
-        from training.config import RunConfig
 
     DETERMINISTIC = _deterministic()  # errors a retry repeats: data that is not there, a bad config
     t_start = time.time()
@@ -143,6 +136,9 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             t_run = time.perf_counter()
             for rec in run(cfg, resume=resume, on_eval=_eval_reporter(tune)):
                 emit("worker/run_final" if rec.get("final") else "worker/run_epoch", time.perf_counter() - t_run, trial["key"])
+                if rec.get("final"):
+                    with span("worker/curves_png", trial["key"]):
+                        _draw_curves(out_dir, trial["name"])
                 report(rec)
                 t_run = time.perf_counter()
                 if ctx.crash_once and not rec.get("final"):
@@ -151,7 +147,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
             # the same error on every attempt: end the trial now, failed, instead of letting FailureConfig retry it
             report({"final": True, "outcome": "failed", ERROR_KEY: f"{type(e).__name__}: {e}"}, with_checkpoint=False)
     except OSError as e:
-        from orchestrator.spec import STORAGE_ERRNOS
+        from orchestrator.sweepdir import STORAGE_ERRNOS
 
         if e.errno in STORAGE_ERRNOS:
             # one line a researcher can act on, instead of a traceback from inside torch.save or Ray
@@ -160,6 +156,15 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         raise
     finally:
         lock.close()
+
+
+def _draw_curves(out_dir: Path, name: str) -> None:
+    """The trial's curves.png (its epochs from metrics.jsonl), in the worker: the driver stays free of matplotlib."""
+    from orchestrator.figures import plot_trial_curves
+
+    epochs = metrics.read_epochs(out_dir)
+    if epochs:
+        plot_trial_curves(epochs, out_dir / CURVES_PNG, title=name)
 
 
 def _eval_reporter(tune: Any):
@@ -214,7 +219,7 @@ def _prepare(out_dir: Path, checkpoint: Any, cfg: Any) -> tuple[Path | None, lis
                         (out_dir / name).unlink()
                 return out_dir, []
     if (out_dir / "last.pt").exists() and _same_config(out_dir, cfg):
-        rows = [json.loads(x) for x in (out_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] if (out_dir / "metrics.jsonl").exists() else []
+        rows = metrics.read_epochs(out_dir)
         from training.checkpoint import load
 
         done = load(out_dir / "last.pt")["epoch"]
@@ -227,8 +232,6 @@ def _prepare(out_dir: Path, checkpoint: Any, cfg: Any) -> tuple[Path | None, lis
 
 def _same_config(out_dir: Path, cfg: Any) -> bool:
     try:
-        from training.config import RunConfig
-
         return RunConfig.from_dict(json.loads((out_dir / "config.json").read_text())).hash() == cfg.hash()
     except Exception:
         return False

@@ -1,128 +1,126 @@
-"""RunConfig: one typed, immutable description of a training run.
+"""RunConfig: one typed, immutable description of a training run (pydantic models, one per section).
 
 Built from a nested dict (YAML) with :meth:`RunConfig.from_dict`, which refuses unknown keys, wrong types and
 out-of-range values with a :class:`ConfigError` naming the dotted key and the value. ``to_dict`` gives back the
 resolved config (every default filled in); it is stored with every checkpoint and every result.
 
 Units: ε and step sizes are written in /255 units (``eps_255: 8``) and converted once, in code, to pixel units
-(``cfg.threat.eps``). Sections and their keys are the dataclasses below; ``orch train --help-config`` prints them.
+(``cfg.threat.eps``). Sections and their keys are the models below; ``orch train --help-config`` prints them. The
+method section is one of the method models of ``training.schema`` (``MethodParams``), chosen by ``method.name``, so
+``cfg.method.k`` is a typed field and a method's parameters are validated once, here.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
 import typing
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import AfterValidator, BaseModel, ValidationError, field_validator, model_validator
+
+from training import metrics
+from training.schema import (
+    ACTIVATIONS, DATASETS, EVAL_COLUMNS, METHOD_PARAMS, MODELS, Bool, FGSMGAParams, Float, Int, MethodParams, Params,
+    Section, StandardParams, Str, field, known, one_of, problem,
+)
 
 
 class ConfigError(ValueError):
-    """A config value is wrong. ``key`` is the dotted path (``method.k``), ``value`` the offending value."""
+    """A config value is wrong. ``key`` is the dotted path (``method.k``), ``value`` the offending value.
+
+    Raised by ``RunConfig.from_dict`` for the first problem; ``errors`` lists every problem found in that pass."""
 
     def __init__(self, key: str, value: Any, problem: str) -> None:
         self.key, self.value, self.problem = key, value, problem
+        self.errors: list[ConfigError] = [self]
         super().__init__(f"{key}: {problem} (got {value!r})")
 
+
+# validation-split metrics a run can maximise to choose its `best` checkpoint
+EPOCH_METRICS_MAXIMISED = metrics.MAXIMISED
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # --------------------------------------------------------------------------------------------- sections
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "digits"  # digits | mnist5k | synthetic | cifar10 | cifar100 | svhn | mnist | imagefolder
-    root: str = "~/.cache/orch/data"  # where torchvision datasets / image folders live
-    download: bool = True  # torchvision datasets: try to download when missing
-    image_size: int | None = None  # resize to this side (None: native size; digits are 8x8)
-    channels: int | None = None  # 1 or 3 (None: native; digits and mnist are grey)
-    val_size: int = 200  # training images held out for choosing the best checkpoint (never the test set)
-    train_limit: int | None = None  # use at most this many training images (after the validation split)
-    test_limit: int | None = None  # use at most this many test images
-    augment: bool = True  # random crop (zero padding) + horizontal flip, batched on the device
-    crop_padding: int | None = None  # None: 4 at 32 px, scaled with image size (1 at 8 px)
-    flip: bool = True
-    num_classes: int = 10  # synthetic only
-    train_size: int = 512  # synthetic only
-    test_size: int = 256  # synthetic only
-    num_workers: int = 2  # imagefolder DataLoader workers
-    split_seed: int = 0  # seed of the validation split (fixed across runs so runs compare)
+class DataConfig(Section):
+    name: Annotated[Str, known("dataset", DATASETS)] = "digits"
+    root: Str = "~/.cache/orch/data"  # where torchvision datasets / image folders live
+    download: Bool = True  # torchvision datasets: try to download when missing
+    image_size: Int | None = field(None, gt=0)  # resize to this side (None: native size; digits are 8x8)
+    channels: Annotated[Int, one_of((1, 3), "must be 1 or 3")] | None = None  # None: native; digits, mnist are grey
+    val_size: Int = field(200, ge=0)  # training images held out for choosing the best checkpoint (never the test set)
+    train_limit: Int | None = field(None, gt=0)  # use at most this many training images (after the validation split)
+    test_limit: Int | None = field(None, gt=0)  # use at most this many test images
+    augment: Bool = True  # random crop (zero padding) + horizontal flip, batched on the device
+    crop_padding: Int | None = field(None, ge=0)  # None: 4 at 32 px, scaled with image size (1 at 8 px)
+    flip: Bool = True
+    num_classes: Int = field(10, ge=2)  # synthetic only
+    train_size: Int = field(512, gt=0)  # synthetic only
+    test_size: Int = field(256, gt=0)  # synthetic only
+    num_workers: Int = field(2, ge=0)  # imagefolder DataLoader workers
+    split_seed: Int = 0  # seed of the validation split (fixed across runs so runs compare)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str = "small_cnn"
-    activation: str = "relu"
-    act_alpha: float | None = None  # shape parameter of softplus / elu / celu / relu_softplus_grad (None: default)
+class ModelConfig(Section):
+    name: Annotated[Str, known("model", MODELS)] = "small_cnn"
+    activation: Annotated[Str, known("activation", ACTIVATIONS)] = "relu"
+    act_alpha: Float | None = field(None, gt=0)  # shape of softplus / elu / celu / relu_softplus_grad (None: default)
     smooth_grad_for: Literal["both", "attacker", "optimizer", "none"] = "both"  # relu_softplus_grad only
-    width: int | None = None  # small_cnn base width / WRN widen factor (None: the model's default)
+    width: Int | None = field(None, gt=0)  # small_cnn base width / WRN widen factor (None: the model's default)
 
 
-@dataclass(frozen=True)
-class ThreatConfig:
+class ThreatConfig(Section):
     norm: Literal["linf"] = "linf"
-    eps_255: float = 8.0
+    eps_255: Float = field(8.0, ge=0, le=255)
 
     @property
     def eps(self) -> float:
         return self.eps_255 / 255.0
 
 
-@dataclass(frozen=True)
-class MethodConfig:
-    """``name`` plus the method's own parameters, validated against the method's ``Params`` dataclass."""
-
-    name: str = "standard"
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    def __getattr__(self, key: str) -> Any:  # cfg.method.k
-        params = object.__getattribute__(self, "params")
-        if key in params:
-            return params[key]
-        raise AttributeError(key)
-
-    def __hash__(self) -> int:
-        return hash((self.name, json.dumps(dict(self.params), sort_keys=True)))
-
-
-@dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Section):
     name: Literal["sgd"] = "sgd"
-    lr: float = 0.1  # peak lr for cyclic
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
+    lr: Float = field(0.1, ge=0)  # peak lr for cyclic
+    momentum: Float = field(0.9, ge=0, lt=1)
+    weight_decay: Float = field(5e-4, ge=0)
+    nesterov: Bool = False
 
 
-@dataclass(frozen=True)
-class ScheduleConfig:
+def _increasing_fractions(v: tuple[float, ...]) -> tuple[float, ...]:
+    if any(not 0 < x <= 1 for x in v) or list(v) != sorted(v):
+        raise problem("must be increasing fractions in (0, 1]", value=list(v))
+    return v
+
+
+class ScheduleConfig(Section):
     name: Literal["multistep", "cyclic", "constant"] = "multistep"
-    milestones: tuple[float, ...] = (100 / 110, 105 / 110)  # multistep: fractions of training (0-1)
-    gamma: float = 0.1  # multistep factor
-    peak: float = 0.5  # cyclic: fraction of training at which the lr peaks
-    lr_min: float = 0.0  # cyclic: lr at the start and the end
+    # multistep: fractions of training (0-1)
+    milestones: Annotated[tuple[Float, ...], AfterValidator(_increasing_fractions)] = (100 / 110, 105 / 110)
+    gamma: Float = field(0.1, gt=0, le=1)  # multistep factor
+    peak: Float = field(0.5, gt=0, lt=1)  # cyclic: fraction of training at which the lr peaks
+    lr_min: Float = 0.0  # cyclic: lr at the start and the end, in [0, optim.lr] (checked by RunConfig)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Section):
     # every epoch (cheap): PGD-k on a fixed training batch and on the validation split
-    epoch_pgd_steps: int = 10
-    epoch_pgd_alpha_255: float | None = None  # None: ε/4 (= 2/255 at ε = 8/255, the references' setting)
-    train_batch_size: int = 256  # size of the fixed training batch checked every epoch
-    best_metric: str = "val/pgd_acc"  # chooses the `best` checkpoint (a validation metric, maximised)
+    epoch_pgd_steps: Int = field(10, gt=0)
+    epoch_pgd_alpha_255: Float | None = None  # None: ε/4 (= 2/255 at ε = 8/255, the references' setting)
+    train_batch_size: Int = field(256, gt=0)  # size of the fixed training batch checked every epoch
+    # chooses the `best` checkpoint (a validation metric, maximised)
+    best_metric: Annotated[Str, one_of(EPOCH_METRICS_MAXIMISED, f"must be one of {', '.join(EPOCH_METRICS_MAXIMISED)}")] = "val/pgd_acc"
     # at the end: the robustness matrix on the test set, for each checkpoint in `checkpoints`
-    attacks: tuple[str, ...] = ("clean", "fgsm", "pgd10", "pgd20", "pgd50", "cw", "apgd_ce", "aa")
-    eps_255: tuple[float, ...] = ()  # extra test ε values (the threat model's ε is always evaluated)
-    subset: int | None = 1000  # test images attacked (None: all)
-    batch_size: int = 500
-    seed: int = 0
-    checkpoints: tuple[str, ...] = ("best", "last")
-    aa_n_iter: int = 100  # AutoAttack iterations (100 = the standard version)
-    aa_n_queries: int = 5000  # Square queries (5000 = standard)
+    attacks: tuple[Annotated[Str, known("attack", EVAL_COLUMNS)], ...] = ("clean", "fgsm", "pgd10", "pgd20", "pgd50", "cw", "apgd_ce", "aa")
+    eps_255: tuple[Annotated[Float, field(..., ge=0, le=255)], ...] = ()  # extra test ε (the threat's ε is always evaluated)
+    subset: Int | None = field(1000, gt=0)  # test images attacked (None: all)
+    batch_size: Int = field(500, gt=0)
+    seed: Int = 0
+    checkpoints: tuple[Annotated[Str, one_of(("best", "last"), "must be best or last")], ...] = ("best", "last")
+    aa_n_iter: Int = field(100, gt=0)  # AutoAttack iterations (100 = the standard version)
+    aa_n_queries: Int = field(5000, gt=0)  # Square queries (5000 = standard)
 
 
-@dataclass(frozen=True)
-class COConfig:
+class COConfig(Section):
     """Catastrophic-overfitting check (Wong et al. 2020, §3 of the spec), run after every epoch.
 
     Rule: CO is declared at epoch e when the training accuracy on the method's own adversarial examples rises
@@ -134,60 +132,91 @@ class COConfig:
     epoch before are restored and kept as ``last``.
     """
 
-    detect: bool = True
-    drop: float = 0.2
-    gap: float = 0.5
-    min_epoch: int = 1  # no verdict before this many epochs
-    rollback: bool = False
+    detect: Bool = True
+    drop: Float = field(0.2, gt=0, le=1)
+    gap: Float = field(0.5, "must be in (0, 1] (1 turns the gap test off)", gt=0, le=1)
+    min_epoch: Int = 1  # no verdict before this many epochs
+    rollback: Bool = False
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    name: str = "run"
-    seed: int = 0
-    epochs: int = 10
-    batch_size: int = 128
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+def _device(v: str) -> str:
+    if not (v in DEVICES or v.startswith("cuda:")):
+        raise problem("must be auto, cpu, cuda, cuda:N or mps")
+    return v
+
+
+class RunConfig(Section):
+    name: Str = "run"
+    seed: Int = field(0, ge=0)
+    epochs: Int = field(10, gt=0)
+    batch_size: Int = field(128, gt=0)
+    device: Annotated[Str, AfterValidator(_device)] = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for the forward passes (CUDA or CPU)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model
-    out_dir: str = "runs/run"
-    checkpoint_every: int = 1  # write `last` every N epochs (and always at the end)
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    channels_last: Bool = False
+    compile: Bool = False  # torch.compile the model
+    out_dir: Str = field("runs/run", min_length=1)
+    checkpoint_every: Int = field(1, gt=0)  # write `last` every N epochs (and always at the end)
+    deterministic: Bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     threat: ThreatConfig = ThreatConfig()
-    method: MethodConfig = MethodConfig()
+    method: MethodParams = StandardParams()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
     co: COConfig = COConfig()
 
+    @field_validator("data", "model", "threat", "optim", "schedule", "eval", "co", mode="before")
+    @classmethod
+    def _empty_section(cls, v: Any) -> Any:
+        return {} if v is None else v
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_name(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = {"name": v}
+        if isinstance(v, Params):
+            return v
+        if not isinstance(v, Mapping):
+            raise problem("must be a mapping with 'name' and the method's parameters")
+        v = {"name": "standard", **v}
+        if not isinstance(v["name"], str) or v["name"] not in METHOD_PARAMS:
+            raise problem(f"unknown method; known: {', '.join(METHOD_PARAMS)}", sub="name", value=v["name"])
+        return v
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> RunConfig:
+        s, lr = self.schedule, self.optim.lr
+        if s.lr_min < 0 or s.lr_min > lr:
+            raise problem(f"must be in [0, optim.lr={lr}]", key="schedule.lr_min", value=s.lr_min)
+        eps, ga = self.threat.eps_255, FGSMGAParams
+        if isinstance(self.method, ga) and self.method.grad_align_lambda is None and eps > ga.LAMBDA_RULE_MAX_EPS_255:
+            raise problem(
+                f"must be set when threat.eps_255 > {ga.LAMBDA_RULE_MAX_EPS_255:g} (here {eps:g}): the default is GradAlign's "
+                f"CIFAR-10 rule 0.02 * 10^(eps_255 / 8), tabulated for eps <= 16/255 (2.0 there), which would give "
+                f"{ga.default_lambda(eps):.3g}", key="method.grad_align_lambda", value=None)
+        return self
+
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None = None) -> "RunConfig":
-        """Build and validate; ``ConfigError`` names the first wrong key."""
-        cfg = _build(cls, dict(d or {}), "")
-        cfg.validate()
-        return cfg
+    def from_dict(cls, d: Mapping[str, Any] | None = None) -> RunConfig:
+        """Build and validate; ``ConfigError`` names the first wrong key (``.errors``: every one of this pass)."""
+        try:
+            return cls.model_validate(dict(d or {}))
+        except ValidationError as e:
+            errors = config_errors(e)
+            errors[0].errors = errors
+            raise errors[0] from None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, MethodConfig):
-                out[f.name] = {"name": v.name, **dict(v.params)}
-            elif dataclasses.is_dataclass(v):
-                out[f.name] = {g.name: _plain(getattr(v, g.name)) for g in fields(v)}
-            else:
-                out[f.name] = _plain(v)
-        return out
+        return self.model_dump(mode="json")
 
     def to_dict_flat(self) -> dict[str, Any]:
         """``{"method.k": 20, "threat.eps_255": 8.0, ...}``: the form of MLflow params and Parquet columns."""
         return flatten(self.to_dict())
 
-    def replace(self, updates: Mapping[str, Any]) -> "RunConfig":
+    def replace(self, updates: Mapping[str, Any]) -> RunConfig:
         """A new config with dotted-key updates applied (``{"method.k": 10}``), validated again."""
         d = self.to_dict()
         new_method = updates.get("method.name", (updates.get("method") or {}).get("name") if isinstance(updates.get("method"), Mapping) else None)
@@ -204,106 +233,6 @@ class RunConfig:
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
-    # ------------------------------------------------------------------ validation
-    def validate(self) -> None:
-        # names and method parameters come from the torch-free schema (the same names the plug-ins register,
-        # checked by tests/training/test_schema.py), so a config is checked without importing torch
-        from training import schema
-
-        _positive("epochs", self.epochs)
-        _positive("batch_size", self.batch_size)
-        _positive("checkpoint_every", self.checkpoint_every)
-        if self.seed < 0:
-            raise ConfigError("seed", self.seed, "must be >= 0")
-        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
-            raise ConfigError("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
-        if not self.out_dir:
-            raise ConfigError("out_dir", self.out_dir, "must not be empty")
-
-        d = self.data
-        _known("dataset", schema.DATASETS, "data.name", d.name)
-        if d.image_size is not None:
-            _positive("data.image_size", d.image_size)
-        if d.channels not in (None, 1, 3):
-            raise ConfigError("data.channels", d.channels, "must be 1 or 3")
-        if d.val_size < 0:
-            raise ConfigError("data.val_size", d.val_size, "must be >= 0")
-        for k in ("train_limit", "test_limit"):
-            if getattr(d, k) is not None:
-                _positive(f"data.{k}", getattr(d, k))
-        if d.crop_padding is not None and d.crop_padding < 0:
-            raise ConfigError("data.crop_padding", d.crop_padding, "must be >= 0")
-        if d.num_classes < 2:
-            raise ConfigError("data.num_classes", d.num_classes, "must be >= 2")
-        _positive("data.train_size", d.train_size)
-        _positive("data.test_size", d.test_size)
-        if d.num_workers < 0:
-            raise ConfigError("data.num_workers", d.num_workers, "must be >= 0")
-
-        m = self.model
-        _known("model", schema.MODELS, "model.name", m.name)
-        _known("activation", schema.ACTIVATIONS, "model.activation", m.activation)
-        if m.act_alpha is not None and m.act_alpha <= 0:
-            raise ConfigError("model.act_alpha", m.act_alpha, "must be > 0")
-        if m.width is not None:
-            _positive("model.width", m.width)
-
-        if not (0 <= self.threat.eps_255 <= 255):
-            raise ConfigError("threat.eps_255", self.threat.eps_255, "must be in [0, 255]")
-
-        _known("method", schema.METHODS, "method.name", self.method.name)
-        # re-validates the parameters (types, ranges) through the method's own Params dataclass
-        schema.METHOD_PARAMS[self.method.name].from_dict(dict(self.method.params), prefix="method")
-        eps, ga = self.threat.eps_255, schema.FGSMGAParams
-        if self.method.name == "fgsm_ga" and dict(self.method.params).get("grad_align_lambda") is None and eps > ga.LAMBDA_RULE_MAX_EPS_255:
-            raise ConfigError("method.grad_align_lambda", None, (
-                f"must be set when threat.eps_255 > {ga.LAMBDA_RULE_MAX_EPS_255:g} (here {eps:g}): the default is GradAlign's "
-                f"CIFAR-10 rule 0.02 * 10^(eps_255 / 8), tabulated for eps <= 16/255 (2.0 there), which would give {ga.default_lambda(eps):.3g}"))
-
-        o = self.optim
-        if o.lr < 0:
-            raise ConfigError("optim.lr", o.lr, "must be >= 0")
-        if not 0 <= o.momentum < 1:
-            raise ConfigError("optim.momentum", o.momentum, "must be in [0, 1)")
-        if o.weight_decay < 0:
-            raise ConfigError("optim.weight_decay", o.weight_decay, "must be >= 0")
-
-        s = self.schedule
-        if any(not 0 < x <= 1 for x in s.milestones) or list(s.milestones) != sorted(s.milestones):
-            raise ConfigError("schedule.milestones", list(s.milestones), "must be increasing fractions in (0, 1]")
-        if not 0 < s.gamma <= 1:
-            raise ConfigError("schedule.gamma", s.gamma, "must be in (0, 1]")
-        if not 0 < s.peak < 1:
-            raise ConfigError("schedule.peak", s.peak, "must be in (0, 1)")
-        if s.lr_min < 0 or s.lr_min > o.lr:
-            raise ConfigError("schedule.lr_min", s.lr_min, f"must be in [0, optim.lr={o.lr}]")
-
-        e = self.eval
-        _positive("eval.epoch_pgd_steps", e.epoch_pgd_steps)
-        _positive("eval.train_batch_size", e.train_batch_size)
-        _positive("eval.batch_size", e.batch_size)
-        _positive("eval.aa_n_iter", e.aa_n_iter)
-        _positive("eval.aa_n_queries", e.aa_n_queries)
-        if e.subset is not None:
-            _positive("eval.subset", e.subset)
-        for i, col in enumerate(e.attacks):
-            if col not in schema.EVAL_COLUMNS:
-                raise ConfigError(f"eval.attacks[{i}]", col, f"unknown attack; known: {', '.join(schema.EVAL_COLUMNS)}")
-        for i, x in enumerate(e.eps_255):
-            if not 0 <= x <= 255:
-                raise ConfigError(f"eval.eps_255[{i}]", x, "must be in [0, 255]")
-        for i, c in enumerate(e.checkpoints):
-            if c not in ("best", "last"):
-                raise ConfigError(f"eval.checkpoints[{i}]", c, "must be best or last")
-        if e.best_metric not in EPOCH_METRICS_MAXIMISED:
-            raise ConfigError(
-                "eval.best_metric", e.best_metric, f"must be one of {', '.join(EPOCH_METRICS_MAXIMISED)}"
-            )
-        if not 0 < self.co.drop <= 1:
-            raise ConfigError("co.drop", self.co.drop, "must be in (0, 1]")
-        if not 0 < self.co.gap <= 1:
-            raise ConfigError("co.gap", self.co.gap, "must be in (0, 1] (1 turns the gap test off)")
-
     # convenience
     @property
     def eps(self) -> float:
@@ -313,9 +242,7 @@ class RunConfig:
     def data_epochs(self) -> int:
         """Passes over the training data run() makes, i.e. the epoch records it yields: ``epochs``, except for a
         method that counts otherwise (Free-AT with ``divide_epochs``: ceil(epochs / m))."""
-        from training.schema import METHOD_PARAMS  # torch-free: the method's Params counts
-
-        return METHOD_PARAMS[self.method.name].from_dict(dict(self.method.params)).data_epochs(self.epochs)
+        return self.method.data_epochs(self.epochs)
 
 
 # named final evaluations (``orch train --eval NAME``): eval.* keys applied before --set
@@ -328,9 +255,6 @@ EVAL_SETTINGS: dict[str, dict[str, Any]] = {
     # a few seconds: clean and PGD-10/20 on 500 test images
     "quick": {"attacks": ["clean", "pgd10", "pgd20"], "subset": 500},
 }
-
-# validation-split metrics a run can maximise to choose its `best` checkpoint
-EPOCH_METRICS_MAXIMISED = ("val/pgd_acc", "val/clean_acc")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -363,142 +287,102 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    return v
-
-
-def _positive(key: str, v: float) -> None:
-    if v <= 0:
-        raise ConfigError(key, v, "must be > 0")
-
-
-def _known(kind: str, names: tuple[str, ...], key: str, name: str) -> None:
-    if name not in names:
-        raise ConfigError(key, name, f"unknown {kind}; known: {', '.join(names)}")
-
-
-def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
-    if not isinstance(d, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "<root>", d, "must be a mapping (section)")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    for k in d:
-        if k not in known:
-            raise ConfigError(f"{prefix}{k}", d[k], f"unknown key; known keys here: {', '.join(sorted(known))}")
-    kwargs: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in d:
-            continue
-        key = f"{prefix}{f.name}"
-        v = d[f.name]
-        tp = hints[f.name]
-        if tp is MethodConfig:
-            kwargs[f.name] = _build_method(v, key)
-        elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, v if v is not None else {}, key + ".")
+def config_errors(err: ValidationError) -> list[ConfigError]:
+    """Every problem of a failed ``RunConfig`` validation as a ``ConfigError``: the dotted key (``method.k``,
+    ``eval.attacks[1]``), the value given, and what is allowed, in the words of the catalogue of bad inputs."""
+    out = []
+    for e in err.errors():
+        key, section, info, tp = _locate(e["loc"])
+        value, ctx, kind = e.get("input"), e.get("ctx") or {}, e["type"]
+        why = (info.json_schema_extra or {}).get("problem") if info is not None else None
+        if kind == "config":  # ours (training.schema.problem): the message as written
+            text = ctx["problem"]
+            key = ctx.get("key") or (f"{key}.{ctx['sub']}" if ctx.get("sub") else key)
+            value = ctx.get("value", value)
+        elif kind == "extra_forbidden" and section is not None and issubclass(section, Params):
+            text = f"unknown parameter of this method; known: {', '.join(sorted(set(section.model_fields) - {'name'})) or 'none'}"
+        elif kind == "extra_forbidden" and section is not None:
+            text = f"unknown key; known keys here: {', '.join(sorted(section.model_fields))}"
+        elif kind in _RANGE_ERRORS:
+            text = why or _range_text(info, tp)
+        elif kind == "literal_error":
+            text = f"must be one of {', '.join(map(str, _literal_args(tp)))}"
         else:
-            kwargs[f.name] = coerce(tp, v, key)
-    return cls(**kwargs)
+            text = _TYPE_ERRORS.get(kind, e["msg"])
+        out.append(ConfigError(key, value, text))
+    return out
 
 
-def _build_method(v: Any, key: str) -> MethodConfig:
-    from training.schema import METHOD_PARAMS
-
-    if isinstance(v, str):
-        v = {"name": v}
-    if not isinstance(v, Mapping):
-        raise ConfigError(key, v, "must be a mapping with 'name' and the method's parameters")
-    v = dict(v)
-    name = v.pop("name", "standard")
-    if not isinstance(name, str) or name not in METHOD_PARAMS:
-        raise ConfigError(f"{key}.name", name, f"unknown method; known: {', '.join(METHOD_PARAMS)}")
-    params = METHOD_PARAMS[name].from_dict(v, prefix=key)
-    return MethodConfig(name=name, params=types.MappingProxyType(params.to_dict()))
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+_TYPE_ERRORS = {
+    "int_type": "must be an integer", "float_type": "must be a number", "finite_number": "must be finite",
+    "bool_type": "must be true or false", "string_type": "must be a string", "tuple_type": "must be a list",
+    "list_type": "must be a list", "model_type": "must be a mapping (section)", "dict_type": "must be a mapping (section)",
+    "string_too_short": "must not be empty",
+}
 
 
-def coerce(tp: Any, v: Any, key: str) -> Any:
-    """Check ``v`` against the annotation ``tp`` (int -> float widening allowed, nothing else implicit)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if v is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return coerce(a, v, key)
-            except ConfigError as e:
-                errors.append(e.problem)
-        raise ConfigError(key, v, " or ".join(errors))
-    if origin is Literal:
-        if v not in args:
-            raise ConfigError(key, v, f"must be one of {', '.join(map(str, args))}")
-        return v
-    if origin is tuple:
-        if not isinstance(v, (list, tuple)):
-            raise ConfigError(key, v, "must be a list")
-        inner = args[0] if args else Any
-        return tuple(coerce(inner, x, f"{key}[{i}]") for i, x in enumerate(v))
-    if tp is Any:
-        return v
-    if tp is bool:
-        if not isinstance(v, bool):
-            raise ConfigError(key, v, "must be true or false")
-        return v
-    if tp is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(key, v, "must be an integer")
-        return v
-    if tp is float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(key, v, "must be a number")
-        if v != v or v in (float("inf"), float("-inf")):
-            raise ConfigError(key, v, "must be finite")
-        return float(v)
-    if tp is str:
-        if not isinstance(v, str):
-            raise ConfigError(key, v, "must be a string")
-        return v
-    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+def _locate(loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None, Any, Any]:
+    """(dotted key, the model holding the last key, its FieldInfo, the annotation at ``loc``) of an error location;
+    the method's tag (``("method", "fgsm_sdi", "k")``) is dropped from the key: ``method.k``."""
+    key, section, info, tp = "", None, None, RunConfig
+    for i, part in enumerate(loc):
+        if isinstance(part, int):  # an element of a list
+            key, info, tp = f"{key}[{part}]", None, typing.get_args(_strip(tp))[0]
+        elif loc[:i] == ("method",) and part in METHOD_PARAMS:
+            tp = METHOD_PARAMS[part]
+        else:
+            key = f"{key}.{part}" if key else str(part)
+            model = _strip(tp)
+            section = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+            info = section.model_fields.get(part) if section is not None else None
+            tp = info.annotation if info is not None else None
+    return key, section, info, tp
 
 
-@dataclass(frozen=True)
-class Params:
-    """Base for a method's parameter dataclass: typed, immutable, unknown keys refused."""
+def _strip(tp: Any) -> Any:
+    """The type inside ``Annotated[...]`` and ``X | None``."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) in (typing.Union, type(int | None)) and type(None) in typing.get_args(tp):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        else:
+            return tp
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], prefix: str = "method") -> "Params":
-        hints = typing.get_type_hints(cls)
-        known = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in known:
-                raise ConfigError(
-                    f"{prefix}.{k}", d[k], f"unknown parameter of this method; known: {', '.join(sorted(known)) or 'none'}"
-                )
-        kwargs = {k: coerce(hints[k], v, f"{prefix}.{k}") for k, v in d.items()}
-        obj = cls(**kwargs)
-        obj.check(prefix)
-        return obj
 
-    def check(self, prefix: str) -> None:  # ranges; overridden per method
-        pass
+def _literal_args(tp: Any) -> tuple[Any, ...]:
+    tp = _strip(tp)
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else ()
 
-    def data_epochs(self, epochs: int) -> int:
-        """Passes over the training data that a budget of ``epochs`` means for this method (overridden by
-        Free-AT's ``divide_epochs``); ``Method.data_epochs`` and ``RunConfig.data_epochs`` ask this."""
-        return epochs
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+def _range_text(info: Any, tp: Any) -> str:
+    """``must be > 0``, ``must be in [0, 1)``: from the field's constraints (``ge``, ``gt``, ``le``, ``lt``)."""
+    found: dict[str, float] = {}
+
+    def collect(x: Any) -> None:
+        for m in getattr(x, "metadata", None) or ():
+            collect(m)
+        for a in ("ge", "gt", "le", "lt"):
+            if getattr(x, a, None) is not None:
+                found[a] = getattr(x, a)
+        if typing.get_origin(x) is Annotated or typing.get_origin(x) in (typing.Union, type(int | None)):
+            for m in typing.get_args(x):
+                collect(m)
+
+    collect(info)
+    collect(tp)
+    lo = ("[", found["ge"]) if "ge" in found else ("(", found["gt"]) if "gt" in found else None
+    hi = (found["le"], "]") if "le" in found else (found["lt"], ")") if "lt" in found else None
+    if lo and hi:
+        return f"must be in {lo[0]}{lo[1]:g}, {hi[0]:g}{hi[1]}"
+    if lo:
+        return f"must be {'>=' if lo[0] == '[' else '>'} {lo[1]:g}"
+    if hi:
+        return f"must be {'<=' if hi[1] == ']' else '<'} {hi[0]:g}"
+    return "is out of range"
 
 
 def describe() -> str:
     """Every config key with its default, for ``orch train --help-config``."""
-    lines = []
-    for k, v in flatten(RunConfig().to_dict()).items():
-        lines.append(f"{k} = {json.dumps(v)}")
-    return "\n".join(lines)
+    return "\n".join(f"{k} = {json.dumps(v)}" for k, v in flatten(RunConfig().to_dict()).items())

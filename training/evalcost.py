@@ -28,6 +28,7 @@ import torch
 
 from training.attacks import ATTACKS, EVAL_PRESETS
 from training.attacks.autoattack import STAGES
+from training.metrics import column_key
 
 __all__ = ["EvalCost", "probe_eval_cost", "predict_eval_seconds", "PROBE_POINTS"]
 
@@ -38,7 +39,7 @@ PROBE_QUERIES = 10  # Square queries per probe run
 
 @dataclass
 class EvalCost:
-    """Cost at full iteration counts per evaluation entry (``pgd10@8``) and stage: ``stages[key]`` is a list of
+    """Cost at full iteration counts per evaluation entry (``pgd10_eps8``) and stage: ``stages[key]`` is a list of
     ``(stage, fraction, seconds_per_call, seconds_per_point)`` (an attack call on a batch of B points takes
     ``seconds_per_call + B x seconds_per_point``: small batches are dominated by the per-iteration overhead);
     fraction is ``"all"``, ``"clean"`` or ``"robust"``: which share of a batch that stage works on."""
@@ -109,7 +110,7 @@ def probe_eval_cost(
 ) -> EvalCost:
     """Measure the per-point cost of every entry of the evaluation (see the module docstring). ``x``: test images
     (the first ``points`` are used) on the model's device. The model's modes are restored afterwards."""
-    from training.evaluate import _eps_key, eval_mode
+    from training.evaluate import eval_mode
 
     xs = x[:points].detach()
     cost = EvalCost()
@@ -134,7 +135,7 @@ def probe_eval_cost(
                 a, b = measured[sig]
                 per_point.append((stage, frac, a * scale, b * scale))
             for e in eps_list:
-                cost.stages[col if e is None else f"{col}@{_eps_key(e)}"] = list(per_point)
+                cost.stages[column_key(col, e)] = list(per_point)
     cost.probe_s = time.perf_counter() - t_all
     return cost
 

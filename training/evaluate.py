@@ -18,6 +18,7 @@ import torch
 
 from training.attacks import ATTACKS, EVAL_PRESETS
 from training.attacks.autoattack import STAGES, autoattack_stages
+from training.metrics import column_key
 
 __all__ = ["eval_mode", "accuracy", "attack_accuracy", "robustness_matrix", "DEFAULT_COLUMNS"]
 
@@ -105,10 +106,6 @@ def attack_accuracy(
     return correct / x.shape[0]
 
 
-def _eps_key(eps_255: float) -> str:
-    return f"{float(eps_255):g}"  # 8 -> "8", 8.0 -> "8", 0.5 -> "0.5"
-
-
 def _aa_columns(
     model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int, seed: int,
     kwargs: Mapping[str, Any], on_batch: Callable[[int], None] | None = None,
@@ -159,9 +156,9 @@ def robustness_matrix(
         on_batch: called as ``on_batch(key, points_done, points)`` when an entry starts (``points_done`` = 0) and
             after each of its batches (a long evaluation shows where it is).
 
-    Returns a flat dict, in column order: ``"clean"``, ``"pgd10@8"``, ... (accuracy in [0,1]); ``"seconds/<key>"``
-    (wall time of that entry); for ``aa`` also the accuracy after each stage, ``"aa/apgd_ce@8"``, ``"aa/apgd_t@8"``,
-    ``"aa/fab_t@8"``, ``"aa/square@8"``.
+    Returns a flat dict, in column order: ``"clean"``, ``"pgd10_eps8"``, ... (accuracy in [0,1]); ``"seconds/<key>"``
+    (wall time of that entry); for ``aa`` also the accuracy after each stage, ``"aa/apgd_ce_eps8"``, ``"aa/apgd_t_eps8"``,
+    ``"aa/fab_t_eps8"``, ``"aa/square_eps8"`` (names: ``training.metrics.column_key``).
     """
     unknown = [c for c in columns if c not in EVAL_PRESETS]
     if unknown:
@@ -191,7 +188,7 @@ def robustness_matrix(
                 record(col, accuracy(model, x, y, batch_size), time.perf_counter() - t0)
                 continue
             for e255 in eps_255:
-                key = f"{col}@{_eps_key(e255)}"
+                key = column_key(col, e255)
                 eps = float(e255) / 255
                 kw = dict(kwargs)
                 if "alpha_rel" in kw:  # step size relative to ε (presets.py); an explicit alpha wins
@@ -209,5 +206,5 @@ def robustness_matrix(
                     acc = attack_accuracy(model, x, y, attack, eps=eps, batch_size=batch_size, seed=seed, on_batch=hook, **kw)
                 record(key, acc, time.perf_counter() - t0)
                 for s, a in stages.items():
-                    out[f"{col}/{s}@{_eps_key(e255)}"] = a
+                    out[column_key(col, e255, s)] = a
     return out

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from training import checkpoint as ckpt
+from training import checkpoint as ckpt, metrics
 from training.activations import SmoothReLU
 from training.config import RunConfig
 from training.data import Data, load as load_data, make_train_loader
@@ -36,6 +36,7 @@ from training.evalcost import predict_eval_seconds, probe_eval_cost
 from training.evaluate import accuracy, attack_accuracy, robustness_matrix
 from training.methods import StepContext
 from training.models import create_model
+from training.numbers import fmt_duration
 from training.registry import METHODS
 from training.schedules import Schedule
 
@@ -85,11 +86,6 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _fmt_s(s: float) -> str:
-    s = int(round(max(s, 0.0)))
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
-
-
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Whether two models hold identical parameters and buffers (e.g. the best checkpoint is the last epoch)."""
     if a is b:
@@ -115,7 +111,7 @@ class _EvalMeter:
         self.plan = {(w, k): s for w, p in plan.items() for k, s in p.items()}
         self.estimate = sum(self.plan.values())
         self.t0 = time.perf_counter()
-        msg = f"{text}: ~{_fmt_s(self.estimate)} (measured estimate)"
+        msg = f"{text}: ~{fmt_duration(self.estimate)} (measured estimate)"
         self.bar.line(msg)
         if self.on_eval is not None:
             self.on_eval({"event": "eval_start", "estimate_s": self.estimate, "text": msg})
@@ -139,8 +135,8 @@ class _EvalMeter:
             self.on_eval(ev)
         if self.bar.enabled:
             self.bar.last = time.time()
-            sys.stderr.write(f"\revaluating {which}: {key} {done}/{total} images | {_fmt_s(ev['elapsed_s'])} elapsed, "
-                             f"~{_fmt_s(ev['left_s'])} left   ")
+            sys.stderr.write(f"\revaluating {which}: {key} {done}/{total} images | {fmt_duration(ev['elapsed_s'])} elapsed, "
+                             f"~{fmt_duration(ev['left_s'])} left   ")
             sys.stderr.flush()
 
     def entry_done(self, which: str, key: str, seconds: float) -> None:
@@ -223,11 +219,10 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         nesterov=cfg.optim.nesterov,
     )
     method_cls = METHODS.get(cfg.method.name)
-    params = method_cls.Params.from_dict(dict(cfg.method.params))
     loader = make_train_loader(data, cfg.data, cfg.batch_size, cfg.seed, device)
     # the method object is built before the schedule so its replay count (Free-AT's m) is known
     ctx = StepContext(train_model, optimizer, None, cfg.eps, data.num_classes, device, cfg.precision)
-    method = method_cls(params, ctx)
+    method = method_cls(cfg.method, ctx)  # cfg.method is this method's Params, validated by RunConfig
     data_epochs = cfg.data_epochs  # Free-AT: epochs, or ceil(epochs / m) with divide_epochs (training/methods/free.py)
     schedule = Schedule(optimizer, data_epochs * len(loader) * method.replays, cfg.optim, cfg.schedule)
     ctx.schedule = schedule
@@ -264,7 +259,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         state = ck["loop"]
         ckpt.set_rng_state(ck["rng"])
         start_epoch = ck["epoch"] + 1
-    history = _trim_metrics(out / "metrics.jsonl", start_epoch - 1)
+    history = _trim_metrics(out / metrics.METRICS_FILE, start_epoch - 1)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     def payload(epoch: int) -> dict[str, Any]:
@@ -357,7 +352,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
         if not rollback and value >= state["best_value"]:  # ties: the later epoch wins, as the references do
             state["best_value"], state["best_epoch"] = value, epoch
             ckpt.save(out / "best.pt", payload(epoch))
-        with open(out / "metrics.jsonl", "a") as f:
+        with open(out / metrics.METRICS_FILE, "a") as f:
             f.write(json.dumps(record) + "\n")
         if rollback or epoch % cfg.checkpoint_every == 0 or epoch == data_epochs:
             ckpt.save(out / "last.pt", payload(epoch))
@@ -387,7 +382,7 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
     }
     n_test = len(data.test_y) if cfg.eval.subset is None else min(cfg.eval.subset, len(data.test_y))
     tx, ty = data.test_x[:n_test], data.test_y[:n_test]
-    eps_list = [cfg.threat.eps_255] + [e for e in cfg.eval.eps_255 if e != cfg.threat.eps_255]
+    eps_list = metrics.eval_eps(cfg.threat.eps_255, cfg.eval.eps_255)
     aa_kwargs = {"n_iter": cfg.eval.aa_n_iter, "n_queries": cfg.eval.aa_n_queries}
     t2 = time.perf_counter()
     models: list[tuple[str, torch.nn.Module, dict[str, Any]]] = []  # (checkpoint, weights, its epoch's record)
@@ -444,22 +439,16 @@ def run(cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bo
     final["time/eval_s"] = time.perf_counter() - t2
     final["n_test"] = n_test
     results = {"config": cfg.to_dict(), "final": final, "epochs": history}
-    tmp = out / "results.json.tmp"
+    tmp = out / (metrics.RESULTS_FILE + ".tmp")
     tmp.write_text(json.dumps(results, indent=2, default=float))
-    os.replace(tmp, out / "results.json")
+    os.replace(tmp, out / metrics.RESULTS_FILE)
     yield final
-
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _trim_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
     """Keep only the epochs a resume starts after (a kill between the metrics line and the checkpoint);
     returns the kept records."""
-    rows = [r for r in _read_metrics(path) if r["epoch"] <= upto_epoch]
+    rows = [r for r in metrics.read_epochs(path.parent) if r["epoch"] <= upto_epoch]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "orch_data/methods_digits")
-cols = ["clean", "fgsm@32", "pgd10@32", "pgd20@32", "pgd50@32", "cw@32", "apgd_ce@32", "aa@32"]
+cols = ["clean", "fgsm_eps32", "pgd10_eps32", "pgd20_eps32", "pgd50_eps32", "cw_eps32", "apgd_ce_eps32", "aa_eps32"]
 print("| method | ckpt | epoch | " + " | ".join(c.replace("@32", "") for c in cols) + " | train s | eval s | outcome |")
 print("|---" * (len(cols) + 6) + "|")
 for m in ("standard", "fgsm_rs", "pgd_at", "fgsm_sdi"):

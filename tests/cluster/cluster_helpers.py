@@ -24,7 +24,7 @@ SWEEPS = HERE / "sweeps"
 
 
 class NodeWatcher:
-    """Runs ``python -m orchestrator.cluster watch`` against a cluster (a separate process: it needs the cluster's
+    """Runs ``python -m orchestrator cluster watch`` against a cluster (a separate process: it needs the cluster's
     auth environment, which must not leak into the test process) and collects its JSON lines:
     ``{"t", "wall", "workers", "gpus", "node_ids"}``, one per change of the alive worker nodes."""
 
@@ -32,7 +32,7 @@ class NodeWatcher:
         self.t0 = time.time()
         self.events: list[dict[str, Any]] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cluster", "watch", "--address", cluster.address, "--interval", str(interval_s)],
+            [sys.executable, "-m", "orchestrator", "cluster", "watch", "--address", cluster.address, "--interval", str(interval_s)],
             env=cluster.client_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)

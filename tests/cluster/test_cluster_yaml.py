@@ -90,7 +90,7 @@ def test_the_cluster_test_sweep_files_are_valid_sweeps():
 
 
 def test_cli_validates_the_file():
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cluster", "validate", str(CLUSTER_YAML)],
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "validate", str(CLUSTER_YAML)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ok: " in r.stdout and "gpu_1x" in r.stdout
@@ -143,7 +143,7 @@ def test_cli_reports_a_broken_copy(cfg, tmp_path):
     cfg["available_node_types"]["gpu_8x"]["max_worker"] = 1
     bad = tmp_path / "cluster.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cluster", "validate", str(bad)],
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "cluster", "validate", str(bad)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "'max_worker' was unexpected" in r.stderr

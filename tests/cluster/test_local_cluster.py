@@ -87,7 +87,7 @@ time.sleep(300)
 
 @pytest.mark.timeout(120)
 def test_a_cluster_whose_starter_was_killed_is_stopped_by_down(tmp_path):
-    """The process that started a cluster dies with SIGKILL (no atexit): `python -m orchestrator.cluster down
+    """The process that started a cluster dies with SIGKILL (no atexit): `python -m orchestrator cluster down
     TEMP_DIR` still finds and stops exactly that cluster's processes."""
     import os
     import signal
@@ -103,7 +103,7 @@ def test_a_cluster_whose_starter_was_killed_is_stopped_by_down(tmp_path):
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)
         assert _pids_mentioning(temp_dir), "the cluster should outlive its killed starter"
-        r = run([sys.executable, "-m", "orchestrator.cluster", "down", temp_dir], env=dict(os.environ), timeout_s=60)
+        r = run([sys.executable, "-m", "orchestrator", "cluster", "down", temp_dir], env=dict(os.environ), timeout_s=60)
         assert r.returncode == 0, r.stderr[-2000:]
         assert not _pids_mentioning(temp_dir) and not Path(temp_dir).exists(), r.stdout
     finally:

@@ -34,7 +34,7 @@ TINY_BASE: dict[str, Any] = {
 
 
 def sweep_doc(name: str, **over: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"name": name, "base": yaml.safe_load(yaml.safe_dump(TINY_BASE)), "metric": "best/pgd10@8"}
+    doc: dict[str, Any] = {"name": name, "base": yaml.safe_load(yaml.safe_dump(TINY_BASE)), "metric": "best/pgd10_eps8"}
     for k, v in over.items():
         if k == "base":
             for bk, bv in v.items():

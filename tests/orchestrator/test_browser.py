@@ -1,6 +1,6 @@
 """End to end in a real browser: a small real sweep (method.k in {1, 40}, 1 seed, 1 epoch) logs to a real
-``mlflow server``; the sweep's view is stored there as ``orch ui`` stores it (:func:`orchestrator.cli.share_view`)
-and headless Chromium opens the addresses ``orch ui`` prints (:func:`orchestrator.cli.ui_urls`): the experiment
+``mlflow server``; the sweep's view is stored there as ``orch ui`` stores it (:func:`orchestrator.ui.share_view`)
+and headless Chromium opens the addresses ``orch ui`` prints (:func:`orchestrator.ui.ui_urls`): the experiment
 page must list the trial runs flat (not the collapsed parent), best first, with the swept parameter and the
 metric as columns and each run's values; its Chart view a parallel-coordinates chart of the swept parameter
 against the metric; the compare view the runs' names, swept parameter and metric, and no per-trial
@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.cli import share_view, ui_urls
+from orchestrator.ui import share_view, ui_urls
 from orchestrator.results import read_rows
 
 pytestmark = pytest.mark.slow
@@ -140,16 +140,16 @@ def test_mlflow_ui_shows_the_sweeps_runs_params_and_robust_metric(chromium, ray_
     dom = page(urls["experiment_url"], exp_png, "1600,900", "2 matching runs")
     text = text_of(dom)
     assert "browser" in text and "2 matching runs" in text, text[:3000]
-    best_first = sorted(rows, key=lambda r: -r["best/pgd10@8"])
+    best_first = sorted(rows, key=lambda r: -r["best/pgd10_eps8"])
     names = [n for n in re.findall(r">(k=\d+,seed=0)<", dom)]
-    if best_first[0]["best/pgd10@8"] != best_first[1]["best/pgd10@8"]:  # (a tie has no order)
+    if best_first[0]["best/pgd10_eps8"] != best_first[1]["best/pgd10_eps8"]:  # (a tie has no order)
         assert names[:2] == [r["trial_name"] for r in best_first], (names, text[:3000])
     assert "sweep 20" not in text  # the parent run ("sweep <date>") is filtered out
     assert "Sort: best/pgd10_eps8" in text, text[:3000]
     assert re.search(r"Metrics Parameters .*best/pgd10_eps8.* method\.k seed", text) or \
         re.search(r"Parameters Metrics .*method\.k seed .*best/pgd10_eps8", text), text[:3000]  # the columns
     for r in rows:  # each run's swept value (and seed) and metric value are in its row
-        assert f" {r['config.method.k']} 0 " in text and f"{r['best/pgd10@8']:.3g}"[:4] in text, (r, text[:3000])
+        assert f" {r['config.method.k']} 0 " in text and f"{r['best/pgd10_eps8']:.3g}"[:4] in text, (r, text[:3000])
 
     # ---- its Chart view: a parallel-coordinates chart of the swept parameter (and the seed) against the metric
     chart_png = tmp_path / "mlflow_chart.png"
@@ -171,7 +171,7 @@ def test_mlflow_ui_shows_the_sweeps_runs_params_and_robust_metric(chromium, ray_
     assert t.get("method.k") == ["1", "40"], sorted(t)[:80]
     assert "out_dir" not in t and "name" not in t  # per-trial paths are tags, not params: the plot shows method.k
     shown = metric_row(dom, "best/pgd10_eps8")
-    assert [float(v) for v in shown] == pytest.approx([r["best/pgd10@8"] for r in rows], abs=1e-3), shown
+    assert [float(v) for v in shown] == pytest.approx([r["best/pgd10_eps8"] for r in rows], abs=1e-3), shown
     assert [float(v) for v in metric_row(dom, "best/clean")] == pytest.approx([r["best/clean"] for r in rows], abs=1e-3)
 
     for png in (exp_png, chart_png, cmp_png):

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.compare import BaselineError, difference, find_baseline
-from orchestrator.report import Group, make_report
+from orchestrator.report import make_report
 from orchestrator.results import ResultsFile, trial_row
+from orchestrator.table import Group
 
-# (k, seed) -> (best/clean, best/pgd10@8); the k=40 trial of seed 2 failed
+# (k, seed) -> (best/clean, best/pgd10_eps8); the k=40 trial of seed 2 failed
 VALUES = {
     (1, 0): (0.80, 0.40), (1, 1): (0.80, 0.44), (1, 2): (0.80, 0.45),
     (10, 0): (0.82, 0.46), (10, 1): (0.84, 0.47), (10, 2): (0.83, 0.52),
@@ -39,7 +40,7 @@ WELCH_PGD_DF = 2.1424
 def _sweep(d: Path) -> Path:
     (d / "trials").mkdir(parents=True)
     rf = ResultsFile(d / "results.parquet", {"orch.sweep": "cmp", "orch.swept": json.dumps(["method.k"]),
-                                             "orch.metric": "best/pgd10@8", "orch.mode": "max"})
+                                             "orch.metric": "best/pgd10_eps8", "orch.mode": "max"})
     for i, ((k, seed), v) in enumerate(VALUES.items()):
         config = {"method": {"name": "fgsm_sdi", "k": k}, "seed": seed, "threat": {"eps_255": 8}}
         if v is None:
@@ -48,7 +49,7 @@ def _sweep(d: Path) -> Path:
             continue
         clean, pgd = v
         final = {"final": True, "outcome": "finished", "best_epoch": 3, "epochs_run": 4, "time/train_s": 10.0,
-                 "best/clean": clean, "best/pgd10@8": pgd, "last/clean": clean - 0.01, "last/pgd10@8": pgd - 0.01}
+                 "best/clean": clean, "best/pgd10_eps8": pgd, "last/clean": clean - 0.01, "last/pgd10_eps8": pgd - 0.01}
         rf.upsert(trial_row(key=f"t{i}", name=f"k={k},seed={seed}", index=i, seed=seed, status="finished",
                             last_result=final, config=config), write=False)
     rf.write()
@@ -93,7 +94,7 @@ def test_differences_and_intervals_match_the_hand_computation(tmp_path: Path) ->
     with open(tmp_path / "out" / "table.csv") as f:
         table = {r["method.k"]: r for r in csv.DictReader(f)}
     assert table["1"]["baseline"] == "1" and table["10"]["baseline"] == "0" and table["1"]["best/clean_diff"] == ""
-    assert float(table["10"]["best/pgd10@8_diff_lo"]) == pytest.approx(0.001622, abs=1e-5)
+    assert float(table["10"]["best/pgd10_eps8_diff_lo"]) == pytest.approx(0.001622, abs=1e-5)
     assert float(table["40"]["last/clean_diff_hi"]) == pytest.approx(0.037062, abs=1e-5)
     assert table["40"]["best/clean_diff_test"] == "Welch t, n=2 vs 3, df=1.0"
 

@@ -30,12 +30,12 @@ def test_orch_train_prints_the_estimate_then_progress_and_attacks_best_equal_las
     m = re.search(r"final evaluation: 3 attacks x 1 eps on 100 test images, checkpoint best \(last = best: the same "
                   r"weights, attacked once\): ~(\S+) \(measured estimate\)", text)
     assert m, text[-3000:]
-    assert text.index(m.group(0)) < text.index("evaluating best: pgd10@8")
+    assert text.index(m.group(0)) < text.index("evaluating best: pgd10_eps8")
     # progress: checkpoint, entry, images done, elapsed and time left
-    assert re.search(r"evaluating best: pgd20@8 100/100 images \| \S+ elapsed, ~\S+ left", text), text[-3000:]
+    assert re.search(r"evaluating best: pgd20_eps8 100/100 images \| \S+ elapsed, ~\S+ left", text), text[-3000:]
     assert "evaluating last" not in text  # one epoch: best is the last epoch, not attacked twice
     final = json.loads((out / "results.json").read_text())["final"]
-    for col in ("clean", "pgd10@8", "pgd20@8"):
+    for col in ("clean", "pgd10_eps8", "pgd20_eps8"):
         assert final[f"last/{col}"] == final[f"best/{col}"]  # results still list both
 
 
@@ -74,6 +74,6 @@ def test_dry_run_estimate_bounds_a_real_evaluation_of_a_robust_model(cli, tmp_pa
     assert res.exit_code == 0, res.output
     final = json.loads((tmp_path / "run" / "results.json").read_text())["final"]
     actual = final["time/eval_s"]
-    assert final["last/aa@16"] > 0.2, final  # a robust model: AutoAttack's later stages had work to do
+    assert final["last/aa_eps16"] > 0.2, final  # a robust model: AutoAttack's later stages had work to do
     print(f"dry-run estimate {estimate:.0f} s, actual {actual:.1f} s")
     assert estimate >= 0.6 * actual, (estimate, actual)  # 0.6: timings on a shared machine are noisy

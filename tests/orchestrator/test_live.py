@@ -32,10 +32,10 @@ def test_left_includes_the_final_evaluation_before_any_trial_finished() -> None:
     # trial a: ~120 s of evaluation; the pending trial: 2 epochs x 6 s + 120 s
     assert left is not None and 240 <= left <= 260, left
     live.result("a", "k=1,seed=0", 2, {"orch/progress": 1, "orch/eval_event": "eval", "orch/eval_checkpoint": "best",
-                                      "orch/eval_entry": "aa@8", "orch/eval_done": 100, "orch/eval_total": 200,
+                                      "orch/eval_entry": "aa_eps8", "orch/eval_done": 100, "orch/eval_total": 200,
                                       "orch/eval_left_s": 60.0, "orch/eval_estimate_s": 120.0})
     assert 60 + 132 - 2 <= live.sweep_left() <= 60 + 132, live.sweep_left()
-    assert "eval best aa@8 100/200" in _text(live)
+    assert "eval best aa_eps8 100/200" in _text(live)
     assert "left ~" in _text(live)
 
 

@@ -221,7 +221,7 @@ def test_orch_ui_refuses_a_port_another_program_holds(cli, tmp_path) -> None:
 def test_orch_ui_without_a_port_takes_a_free_one(grid_sweep, mlflow_servers) -> None:
     import urllib.request
 
-    from orchestrator.cli import UI_DEFAULT_PORT
+    from orchestrator.ui import UI_DEFAULT_PORT
 
     held = socket.socket()
     try:
@@ -301,9 +301,9 @@ def test_paper_profile_trial_on_files_in_the_cifar10_python_layout(ray_session, 
     assert r["status"] == "finished" and r["attempts"] == 1, r
     assert r["config.data.name"] == "cifar10" and r["config.model.name"] == "resnet18" and r["config.method.k"] == 20
     assert r["config.data.augment"] is True and r["n_test"] == 8
-    for k in ("best/clean", "best/pgd10@8", "last/clean", "last/pgd10@8"):
+    for k in ("best/clean", "best/pgd10_eps8", "last/clean", "last/pgd10_eps8"):
         assert 0.0 <= r[k] <= 1.0, (k, r)
-    assert "best/pgd10@8" in res.output or "k=20" in res.output
+    assert "best/pgd10_eps8" in res.output or "k=20" in res.output
 
 
 # ------------------------------------------------------------------------------------------ 9. make's pip step

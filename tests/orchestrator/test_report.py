@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.report import (
-    MAX_LINES, Group, best_epoch_value, compact_labels, front_numbers, groups, log_x, main_columns, make_report,
-    param_figure, param_series, pareto_front, threshold_times, tick_labels, time_to_threshold, trial_records,
-    value_labels, varying_keys,
+from orchestrator.figures import (
+    MAX_LINES, compact_labels, front_numbers, log_x, main_columns, param_figure, param_series, pareto_front,
+    tick_labels, value_labels, varying_keys,
 )
+from orchestrator.report import make_report
+from orchestrator.table import Group, best_epoch_value, groups, threshold_times, time_to_threshold, trial_records
 from orchestrator.results import ResultsFile, trial_row
 
 FIGURES = ("tradeoff.png", "robust_epochs.png", "time_to_threshold.png")
@@ -67,15 +68,15 @@ def test_pareto_front() -> None:
 
 
 def test_main_columns_follow_the_sweeps_metric() -> None:
-    rows = [{"config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10@8": 0.4, "best/aa@8": 0.35,
-             "last/clean": 0.79, "last/pgd10@8": 0.41}]
-    assert main_columns(rows, {"orch.metric": "best/pgd10@8"})[:2] == ("best/clean", "best/pgd10@8")
-    assert main_columns(rows, {"orch.metric": "last/pgd10@8"})[:2] == ("last/clean", "last/pgd10@8")
+    rows = [{"config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10_eps8": 0.4, "best/aa_eps8": 0.35,
+             "last/clean": 0.79, "last/pgd10_eps8": 0.41}]
+    assert main_columns(rows, {"orch.metric": "best/pgd10_eps8"})[:2] == ("best/clean", "best/pgd10_eps8")
+    assert main_columns(rows, {"orch.metric": "last/pgd10_eps8"})[:2] == ("last/clean", "last/pgd10_eps8")
     # a metric that is not a final robust column (or none): AA when there is one, on the best checkpoint
-    assert main_columns(rows, {"orch.metric": "val/pgd_acc"})[:2] == ("best/clean", "best/aa@8")
-    assert main_columns(rows, {})[:2] == ("best/clean", "best/aa@8")
-    assert main_columns([{k: v for k, v in rows[0].items() if k != "best/aa@8"}], {})[:2] == ("best/clean", "best/pgd10@8")
-    assert main_columns([{"best/pgd10@8": 0.4}], {}) is None  # no clean accuracy: no trade-off
+    assert main_columns(rows, {"orch.metric": "val/pgd_acc"})[:2] == ("best/clean", "best/aa_eps8")
+    assert main_columns(rows, {})[:2] == ("best/clean", "best/aa_eps8")
+    assert main_columns([{k: v for k, v in rows[0].items() if k != "best/aa_eps8"}], {})[:2] == ("best/clean", "best/pgd10_eps8")
+    assert main_columns([{"best/pgd10_eps8": 0.4}], {}) is None  # no clean accuracy: no trade-off
 
 
 # -------------------------------------------------------------------------------- labels and series of figures
@@ -202,16 +203,16 @@ def test_more_than_ten_lines_get_colours_of_their_own() -> None:
     import matplotlib.pyplot as plt
 
     gs = [Group({"a": a, "b": b}, _rows({"act_alpha": 1.0 + b / 10})) for a in (1, 2) for b in range(12)]
-    import orchestrator.report as report
+    import orchestrator.figures as figures
 
-    old = report.MAX_LINES
-    report.MAX_LINES = 20  # 12 lines, not a scatter
+    old = figures.MAX_LINES
+    figures.MAX_LINES = 20  # 12 lines, not a scatter
     try:
         fig = param_figure(gs, [("Clean", "clean")], "a")
         cols = set(_line_colours(fig.axes[0]))
         plt.close(fig)
     finally:
-        report.MAX_LINES = old
+        figures.MAX_LINES = old
     assert len(cols) == 12
 
 
@@ -231,7 +232,7 @@ def _write_sweep(d: Path, curves: dict[tuple[int, int], list[float]], failed: bo
                  swept: list[str] | None = None) -> Path:
     (d / "trials").mkdir(parents=True)
     rf = ResultsFile(d / "results.parquet", {"orch.sweep": "fake", "orch.swept": json.dumps(swept or ["method.k"]),
-                                             "orch.metric": "best/pgd10@8", "orch.mode": "max"})
+                                             "orch.metric": "best/pgd10_eps8", "orch.mode": "max"})
     plan = list(curves.items()) + ([((40, 1), None)] if failed else [])
     for i, ((k, seed), accs) in enumerate(plan):
         name = f"k={k},seed={seed}"
@@ -254,8 +255,8 @@ def _write_sweep(d: Path, curves: dict[tuple[int, int], list[float]], failed: bo
         best = max(accs)
         final = {"final": True, "outcome": "catastrophic_overfitting" if co else "finished", "co_epoch": co,
                  "best_epoch": accs.index(best) + 1, "epochs_run": len(accs), "time/train_s": EPOCH_S[k] * len(accs),
-                 "best/clean": min(1.0, best + 0.35 + 0.01 * seed), "best/pgd10@8": best - 0.02,
-                 "last/clean": min(1.0, accs[-1] + 0.4), "last/pgd10@8": accs[-1] - 0.02}
+                 "best/clean": min(1.0, best + 0.35 + 0.01 * seed), "best/pgd10_eps8": best - 0.02,
+                 "last/clean": min(1.0, accs[-1] + 0.4), "last/pgd10_eps8": accs[-1] - 0.02}
         rf.upsert(trial_row(key=f"t{i}", name=name, index=i, seed=seed, status="finished", last_result=final,
                             config=config, out_dir=str(out)), write=False)
     rf.write()
@@ -309,10 +310,10 @@ def test_constructed_sweep_figures_and_threshold(tmp_path: Path) -> None:
 def test_a_section_axis_is_named_by_its_differing_sub_keys_in_the_comparison_figures(tmp_path: Path, monkeypatch) -> None:
     """Swept over the whole ``method`` section (name fgsm_sdi in all, k differs): legends and the numbered Pareto
     front use ``k=1`` and ``k=10, seed 0``, never the section dicts of the trial names."""
-    import orchestrator.report as report
+    import orchestrator.figures as figures
 
     legends: dict[str, list[str]] = {}
-    real = report._savefig
+    real = figures._savefig
 
     def spy(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
         legends[path.name] = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
@@ -320,7 +321,7 @@ def test_a_section_axis_is_named_by_its_differing_sub_keys_in_the_comparison_fig
         legends[path.name] += [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
         return real(plt, fig, path, dpi)
 
-    monkeypatch.setattr(report, "_savefig", spy)
+    monkeypatch.setattr(figures, "_savefig", spy)
     sdir = _write_sweep(tmp_path / "fake", CURVES, swept=["method"])
     make_report(sdir, out_dir=tmp_path / "out")
     assert {"k=1 (n=2)", "k=10 (n=2)", "k=40 (n=1)"} <= set(legends["tradeoff.png"]), legends["tradeoff.png"]
@@ -335,20 +336,20 @@ def test_a_section_axis_is_named_by_its_differing_sub_keys_in_the_comparison_fig
 def test_curves_legend_below_the_panels_or_left_out_and_said_so(tmp_path: Path, monkeypatch) -> None:
     """search_sdi: 12 groups' legend covered most of the first panel; now it is below the panels, and beyond
     MAX_CURVE_LEGEND groups it is left out and the title says so."""
-    import orchestrator.report as report
+    import orchestrator.figures as figures
 
     seen: list[tuple[int, list[int], str]] = []
-    real = report._savefig
+    real = figures._savefig
 
     def spy(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
         if path.name == "curves.png":
             seen.append((len(fig.legends), [int(ax.get_legend() is not None) for ax in fig.axes], fig._suptitle.get_text()))
         return real(plt, fig, path, dpi)
 
-    monkeypatch.setattr(report, "_savefig", spy)
+    monkeypatch.setattr(figures, "_savefig", spy)
     sdir = _write_sweep(tmp_path / "fake", CURVES)
     make_report(sdir, out_dir=tmp_path / "a")
-    monkeypatch.setattr(report, "MAX_CURVE_LEGEND", 2)
+    monkeypatch.setattr(figures, "MAX_CURVE_LEGEND", 2)
     make_report(sdir, out_dir=tmp_path / "b")
     (n_fig, on_axes, title), (n_fig2, on_axes2, title2) = seen
     assert n_fig == 1 and not any(on_axes) and "legend left out" not in title
@@ -412,17 +413,17 @@ def test_curves_plot_accuracies_in_percent(tmp_path: Path, monkeypatch) -> None:
     curves.png and a trial's MLflow curves.png) are in %, the loss panel as logged."""
     import matplotlib.figure
 
-    import orchestrator.report as report
+    import orchestrator.figures as figures
 
     panels: dict[str, dict[str, float]] = {}
-    real = report._savefig
+    real = figures._savefig
 
     def spy(plt: Any, fig: Any, path: Path, dpi: int) -> Path:
         if path.name == "curves.png":
             panels["sweep"] = {ax.get_title(): max(max(ln.get_ydata()) for ln in ax.get_lines()) for ax in fig.axes}
         return real(plt, fig, path, dpi)
 
-    monkeypatch.setattr(report, "_savefig", spy)
+    monkeypatch.setattr(figures, "_savefig", spy)
     make_report(_write_sweep(tmp_path / "fake", CURVES), out_dir=tmp_path / "out")
     # CURVES: the best val PGD accuracy is 0.50 (k=1, seed 0; the group mean at epoch 4 is 0.48), clean = pgd + 0.4
     assert panels["sweep"]["val PGD-10 acc (%)"] == pytest.approx(100 * (0.50 + 0.46) / 2)
@@ -437,7 +438,7 @@ def test_curves_plot_accuracies_in_percent(tmp_path: Path, monkeypatch) -> None:
         real_save(fig, path, *a, **k)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", grab)
-    report.plot_trial_curves([{"epoch": 1, "val/pgd_acc": 0.25, "val/clean_acc": 0.5, "train/pgd_acc": 0.3, "train/loss": 1.5}],
+    figures.plot_trial_curves([{"epoch": 1, "val/pgd_acc": 0.25, "val/clean_acc": 0.5, "train/pgd_acc": 0.3, "train/loss": 1.5}],
                              tmp_path / "trial.png")
     assert panels["trial"] == {"val PGD-10 acc (%)": 25.0, "val clean acc (%)": 50.0, "train-batch PGD-10 acc (%)": 30.0,
                                "train loss": 1.5}
@@ -450,7 +451,7 @@ def test_trial_curves_reuse_one_figure_and_show_only_their_own_trial(tmp_path: P
     catastrophic-overfitting lines and title, nothing left from the trial drawn before it."""
     import matplotlib.figure
 
-    import orchestrator.report as report
+    import orchestrator.figures as figures
 
     short = [{"epoch": 1, "val/pgd_acc": 0.25, "val/clean_acc": 0.5, "train/pgd_acc": 0.3, "train/loss": 1.5}]
     long = [{"epoch": e, "val/pgd_acc": 0.1 + e / 50, "val/clean_acc": 0.6, "train/pgd_acc": 0.2, "train/loss": 2 - e / 10,
@@ -468,8 +469,8 @@ def test_trial_curves_reuse_one_figure_and_show_only_their_own_trial(tmp_path: P
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", grab)
     fresh = []
     for i, recs in enumerate((long, short, holes)):  # each on a figure of its own
-        getattr(report, "_TRIAL_FIGURE", {}).pop("fig", None)  # (the figure of the previous trial is dropped)
-        report.plot_trial_curves(recs, tmp_path / f"fresh{i}.png", title=f"trial {i}")
+        getattr(figures, "_TRIAL_FIGURE", {}).pop("fig", None)  # (the figure of the previous trial is dropped)
+        figures.plot_trial_curves(recs, tmp_path / f"fresh{i}.png", title=f"trial {i}")
         fresh.append(seen.pop())
 
     made, layouts = [], []
@@ -477,7 +478,7 @@ def test_trial_curves_reuse_one_figure_and_show_only_their_own_trial(tmp_path: P
     monkeypatch.setattr(matplotlib.figure.Figure, "__init__", lambda self, *a, **k: (made.append(1), real_init(self, *a, **k))[1])
     monkeypatch.setattr(matplotlib.figure.Figure, "tight_layout", lambda self, *a, **k: (layouts.append(1), real_tight(self, *a, **k))[1])
     for i, recs in [(0, long), (1, short), (2, holes), (0, long), (2, holes), (1, short)]:
-        report.plot_trial_curves(recs, tmp_path / f"reused{i}.png", title=f"trial {i}")
+        figures.plot_trial_curves(recs, tmp_path / f"reused{i}.png", title=f"trial {i}")
         assert seen.pop() == fresh[i], i
         assert (tmp_path / f"reused{i}.png").stat().st_size > 5000
     assert made == [] and layouts == []
@@ -487,12 +488,12 @@ def test_trial_curves_reuse_one_figure_and_show_only_their_own_trial(tmp_path: P
 def test_table_names_the_co_epochs_and_counts_generator_updates() -> None:
     """The table says at which epoch each catastrophically overfitting trial collapsed, and shows FGSM-SDI's
     generator updates (the last epoch's ``method/gen_steps``) as a column when trials recorded them."""
-    from orchestrator.report import render
+    from orchestrator.table import render
 
     def row(k: int, seed: int, co: int | None, gen: int | None) -> dict[str, Any]:
         r = {"status": "finished", "outcome": "catastrophic_overfitting" if co else "finished", "co_epoch": co,
-             "seed": seed, "config.method.k": k, "config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10@8": 0.4,
-             "last/clean": 0.9, "last/pgd10@8": 0.0 if co else 0.4, "time/train_s": 60.0}
+             "seed": seed, "config.method.k": k, "config.threat.eps_255": 8.0, "best/clean": 0.8, "best/pgd10_eps8": 0.4,
+             "last/clean": 0.9, "last/pgd10_eps8": 0.0 if co else 0.4, "time/train_s": 60.0}
         if gen is not None:
             r["epoch/method/gen_steps"] = gen
         return r
@@ -521,3 +522,16 @@ def test_one_method_at_its_default_and_at_a_set_value_are_two_rows() -> None:
     assert [g.values["method"] for g in gs] == [{"name": "fgsm_rs"}, {"name": "fgsm_rs", "alpha_255": 153.0},
                                                  {"name": "fgsm_sdi"}]
     assert [len(g.rows) for g in gs] == [2, 2, 2]
+
+
+def test_the_table_module_does_not_load_matplotlib() -> None:
+    """The table and its statistics, the report's entry and the sweep driver (tuner, callback) load without matplotlib:
+    only drawing a figure imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, orchestrator.table, orchestrator.report, orchestrator.figures, orchestrator.tuner; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.spec import SpecErrors, load_spec, produced_metrics
+from training import metrics
+from orchestrator.spec import SpecErrors, load_spec
 
 # A valid file; each case below edits it. Line numbers matter: the messages must point at them.
 VALID = """\
@@ -25,7 +26,7 @@ base:
 axes:
   method.k: [1, 40]
 seeds: 2
-metric: best/pgd10@8
+metric: best/pgd10_eps8
 """
 
 
@@ -69,8 +70,9 @@ CASES = [
     ("eps-negative", edit({"  epochs: 1": "  epochs: 1\n  threat: {eps_255: -1}"}), [], 4, ["base.threat.eps_255", "-1"]),
     ("unknown-base-key", edit({"  epochs: 1": "  epoch: 1"}), [], 3, ["base.epoch", "unknown key"]),
     ("base-out-dir", edit({"  epochs: 1": "  epochs: 1\n  out_dir: /tmp/x"}), [], 4, ["base.out_dir", "set by orch"]),
-    ("metric-not-produced", edit({"metric: best/pgd10@8": "metric: best/aa@8"}), [], 11, ["metric", "'best/aa@8'", "no such metric"]),
+    ("metric-not-produced", edit({"metric: best/pgd10_eps8": "metric: best/aa_eps8"}), [], 11, ["metric", "'best/aa_eps8'", "no such metric"]),
     ("asha-final-metric", edit(append="scheduler: {name: asha}\n"), [], 11, ["asha", "epoch metric"]),
+    ("axis-under-a-value", edit({"method: {name: fgsm_sdi, k: 20, gen_width: 8}": "method: fgsm_sdi"}), [], 9, ["axes.method.k", "'method' is not a section", "method: {name: ...}"]),
     ("optuna-no-samples", edit({"method.k: [1, 40]": "method.k: {randint: [1, 40]}"}, "search: {algorithm: optuna}\n"), [], 12, ["num_samples is required"]),
     ("fractional-gpu-over-1", edit(append="resources: {gpu: 1.5}\n"), [], 12, ["resources.gpu", "1.5"]),
     ("too-many-cpus", edit(append="resources: {cpu: 4096}\n"), [], 12, ["resources.cpu", "4096", "more CPUs"]),
@@ -248,13 +250,13 @@ def test_set_overrides_axes_and_base(tmp_path: Path) -> None:
     assert [t.swept["method.k"] for t in s.trials] == [2, 3, 4] and s.seeds == [5] and s.epochs == [3]
 
 
-def test_produced_metrics_names() -> None:
+def test_final_keys_names() -> None:
     from training.config import RunConfig
 
     cfg = RunConfig.from_dict({"threat": {"eps_255": 8}, "eval": {"attacks": ["clean", "pgd10", "aa"], "eps_255": [4]}})
-    m = produced_metrics(cfg)
-    assert {"best/clean", "last/pgd10@8", "best/pgd10@4", "best/aa@8", "best/aa/apgd_t@4", "val/pgd_acc"} <= m
-    assert "best/pgd20@8" not in m
+    m = metrics.final_keys(cfg)
+    assert {"best/clean", "last/pgd10_eps8", "best/pgd10_eps4", "best/aa_eps8", "best/aa/apgd_t_eps4", "val/pgd_acc"} <= m
+    assert "best/pgd20_eps8" not in m
 
 
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[2].joinpath("sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -282,17 +284,41 @@ def test_free_at_epochs_are_counted_as_the_run_counts_them(tmp_path: Path, divid
     et al.): the dry run's epochs, ASHA's max_t, the live view's epochs per trial (tuner) and the compute estimate
     all count what run() yields."""
     from orchestrator.estimate import probe
-    from orchestrator.tuner import _data_epochs
     from training.config import RunConfig
 
     f = tmp_path / "free.yaml"
     f.write_text(edit({"  epochs: 1": "  epochs: 8",
                        "method: {name: fgsm_sdi, k: 20, gen_width: 8}": f"method: {{name: free, m: 4, divide_epochs: {str(divide).lower()}}}",
-                       "method.k: [1, 40]": "optim.lr: [0.05, 0.1]", "metric: best/pgd10@8": "metric: val/pgd_acc"},
+                       "method.k: [1, 40]": "optim.lr: [0.05, 0.1]", "metric: best/pgd10_eps8": "metric: val/pgd_acc"},
                       "scheduler: {name: asha}\n"))
     s = load_spec(f)
     assert s.epochs == [passes] and s.scheduler.max_t == passes
     run_dict = s.run_dict(s.trials[0].swept, 0, name="t", out_dir=str(tmp_path / "t"))
     assert RunConfig.from_dict(run_dict).data_epochs == passes
-    assert _data_epochs(RunConfig.from_dict(run_dict).to_dict()) == passes
     assert probe(run_dict, "t").epochs == passes
+
+
+def test_old_metric_spelling_is_accepted_and_read_as_today_s(tmp_path: Path) -> None:
+    """Issue 13: one spelling of a metric everywhere (best/pgd10_eps8). A sweep file written with the spelling
+    MLflow refuses (best/pgd10@8) still loads, and the sweep runs under today's name."""
+    f = tmp_path / "old.yaml"
+    f.write_text(edit({"metric: best/pgd10_eps8": "metric: best/pgd10@8"}))
+    assert load_spec(f).metric == "best/pgd10_eps8"
+
+
+def test_method_params_are_one_model_per_method(tmp_path: Path) -> None:
+    """``method`` is a discriminated union on ``method.name`` (training/schema.py): the chosen method's own model
+    checks its parameters once, and each problem names ``method.<param>``, the value and what is allowed, at the
+    file:line of the base key or the axis that set it."""
+    f = tmp_path / "union.yaml"
+    f.write_text(edit({"method: {name: fgsm_sdi, k: 20, gen_width: 8}": "method: {name: free, m: 0, gen_width: 8}",
+                       "method.k: [1, 40]": "method.divide_epochs: [true, 3]"}))
+    with pytest.raises(SpecErrors) as e:
+        load_spec(f)
+    got = sorted((err.line, err.key, err.problem, err.value) for err in e.value.errors)
+    assert got == [
+        (6, "base.method.gen_width", "unknown parameter of this method; known: alpha_255, divide_epochs, m", 8),
+        (6, "base.method.m", "must be >= 1", 0),
+        (9, "axes.method.divide_epochs", "must be true or false (in trial divide_epochs=3,seed=0)", 3),
+    ], got
+    assert f"{f}:6: base.method.m: must be >= 1 (got 0)" in [str(err) for err in e.value.errors]

@@ -88,8 +88,8 @@ def test_sat_studies_train_with_pgd1(path: Path, profile: str) -> None:
     for t in spec.trials:
         cfg = RunConfig.from_dict(spec.run_dict(t.swept, t.seed, name=t.name, out_dir="/unused"))
         m = cfg.method
-        assert (m.name, m.params.get("steps")) in (("pgd_at", 1), ("fgsm_rs", None)), (profile, t.name, m.name, dict(m.params))
-        assert m.params["alpha_255"] == cfg.threat.eps_255, (profile, t.name, dict(m.params), cfg.threat.eps_255)
+        assert (m.name, getattr(m, "steps", None)) in (("pgd_at", 1), ("fgsm_rs", None)), (profile, t.name, m)
+        assert m.alpha_255 == cfg.threat.eps_255, (profile, t.name, m, cfg.threat.eps_255)
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])

@@ -10,7 +10,8 @@ import mlflow
 import pytest
 
 from orchestrator.results import read_rows
-from orchestrator.spec import load_spec, produced_metrics
+from training import metrics
+from orchestrator.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +30,12 @@ def test_grid_runs_every_trial_once(grid_sweep) -> None:
     for r in rows:
         assert r["status"] == "finished" and r["outcome"] in ("finished", "catastrophic_overfitting")
         assert r["attempts"] == 1 and r["epochs_run"] == 1
-        for k in ("best/clean", "best/pgd10@8", "last/clean", "last/pgd10@8"):
+        for k in ("best/clean", "best/pgd10_eps8", "last/clean", "last/pgd10_eps8"):
             assert 0.0 <= r[k] <= 1.0
-        assert r["best/pgd10@8"] <= r["best/clean"]
+        assert r["best/pgd10_eps8"] <= r["best/clean"]
         assert r["time/trial_s"] > r["time/train_s"] > 0
         assert Path(r["out_dir"], "last.pt").exists() and Path(r["out_dir"], "results.json").exists()
-    assert json.loads(meta["orch.swept"]) == ["method.k"] and meta["orch.metric"] == "best/pgd10@8"
+    assert json.loads(meta["orch.swept"]) == ["method.k"] and meta["orch.metric"] == "best/pgd10_eps8"
     # the seeds differ, so the numbers do (a test that would catch every trial running the same seed)
     assert len({(r["config.seed"], r["config.method.k"]) for r in rows}) == 4
     # live progress and the closing summary
@@ -67,21 +68,21 @@ def test_one_mlflow_run_per_trial_nested_under_the_parent(grid_sweep) -> None:
         assert c.data.params["method.k"] == str(row["config.method.k"]) and t["seed"] == str(row["seed"])
         assert {"host", "torch", "cuda", "orch.config_hash", "orch.outcome"} <= set(t)
         assert [m.step for m in client.get_metric_history(c.info.run_id, "val/pgd_acc")] == [1]
-        assert c.data.metrics["best/pgd10_eps8"] == pytest.approx(row["best/pgd10@8"])
+        assert c.data.metrics["best/pgd10_eps8"] == pytest.approx(row["best/pgd10_eps8"])
         assert "pid" not in c.data.metrics and "timestamp" not in c.data.metrics  # no Tune bookkeeping
         arts = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert arts == {"config.json", "results.json", "robustness.json", "curves.png"}
 
 
 def test_predicted_metric_names_match_the_training_core(grid_sweep) -> None:
-    """spec.produced_metrics (what validation accepts as `metric`) must name what training.run really yields."""
+    """training.metrics.final_keys (what validation accepts as `metric`) must name what training.run really yields."""
     rows, _ = read_rows(grid_sweep["dir"] / "results.parquet")
     results = json.loads(Path(rows[0]["out_dir"], "results.json").read_text())
     from training.config import RunConfig
 
     cfg = RunConfig.from_dict(results["config"])
     real = set(results["final"]) | set(results["epochs"][0])
-    assert produced_metrics(cfg) <= real, produced_metrics(cfg) - real
+    assert metrics.final_keys(cfg) <= real, metrics.final_keys(cfg) - real
 
 
 def test_report_table_markdown_csv_and_plots(grid_sweep, cli) -> None:
@@ -93,7 +94,7 @@ def test_report_table_markdown_csv_and_plots(grid_sweep, cli) -> None:
     md = (rep / "table.md").read_text()
     assert "| k=1 | Best |" in md and "±" in md
     header = (rep / "table.csv").read_text().splitlines()[0].split(",")
-    assert header[:3] == ["method.k", "n", "outcomes"] and "best/pgd10@8_mean" in header and "best/pgd10@8_std" in header
+    assert header[:3] == ["method.k", "n", "outcomes"] and "best/pgd10_eps8_mean" in header and "best/pgd10_eps8_std" in header
     for png in ("method.k.png", "curves.png"):
         assert (rep / png).stat().st_size > 5000
     # the report is reachable from the sweep file too
@@ -149,9 +150,9 @@ def test_asha_cuts_a_weak_trial_and_lets_the_survivor_finish_its_evaluation(ray_
     assert res.exit_code == 0, res.output
     rows = {r["trial_name"]: r for r in read_rows(tmp_path / "sweeps" / "asha" / "results.parquet")[0]}
     strong, weak = rows["lr=0.1,seed=0"], rows["lr=0.001,seed=0"]
-    assert strong["status"] == "finished" and strong["epochs_run"] == 3 and "best/pgd10@8" in strong
+    assert strong["status"] == "finished" and strong["epochs_run"] == 3 and "best/pgd10_eps8" in strong
     assert weak["status"] == "stopped" and weak["outcome"] == "stopped" and weak["epochs_run"] == 1
-    assert "best/pgd10@8" not in weak and "epoch/val/pgd_acc" in weak  # no final numbers; its last epoch's instead
+    assert "best/pgd10_eps8" not in weak and "epoch/val/pgd_acc" in weak  # no final numbers; its last epoch's instead
     last = json.loads(Path(strong["out_dir"], "metrics.jsonl").read_text().splitlines()[-1])
     assert strong["epoch/val/pgd_acc"] == pytest.approx(last["val/pgd_acc"])  # a finished trial has its last epoch too
     runs = {r.info.run_name: r for r in _runs(tmp_path / "sweeps" / "asha", "asha") if "orch.trial_key" in r.data.tags}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import mlflow.tracking
 
-from orchestrator.tracking import Tracker, mlflow_key
+from orchestrator.tracking import Tracker
+from training import metrics
 
 
 def test_resumed_invocation_reuses_the_run_and_logs_each_epoch_once(tmp_path) -> None:
@@ -20,7 +21,7 @@ def test_resumed_invocation_reuses_the_run_and_logs_each_epoch_once(tmp_path) ->
     assert second.trial_run("key1", "k=1,seed=0", {"method.k": 1}, {}) == run
     assert not second.log_epoch(run, {"epoch": 2, "val/pgd_acc": 0.2})  # replayed epoch: skipped
     assert second.log_epoch(run, {"epoch": 3, "val/pgd_acc": 0.3})
-    second.log_final(run, {"final": True, "outcome": "finished", "best/pgd10@8": 0.5, "co_epoch": None, "pid": 7}, 3, [], "FINISHED")
+    second.log_final(run, {"final": True, "outcome": "finished", "best/pgd10_eps8": 0.5, "co_epoch": None, "pid": 7}, 3, [], "FINISHED")
     second.end_sweep("FINISHED")
 
     client = mlflow.tracking.MlflowClient(uri)
@@ -34,9 +35,17 @@ def test_resumed_invocation_reuses_the_run_and_logs_each_epoch_once(tmp_path) ->
     assert sum("orch.trial_key" in x.data.tags for x in runs) == 1
 
 
-def test_metric_names_are_valid_for_mlflow() -> None:
-    assert mlflow_key("best/pgd10@8") == "best/pgd10_eps8"
-    assert mlflow_key("last/aa/apgd_t@0.5") == "last/aa/apgd_t_eps0.5"
+def test_metric_names_are_valid_for_mlflow_and_the_old_spelling_maps_to_them() -> None:
+    """One spelling everywhere (issue 13): the names training.metrics makes are valid MLflow names as they are,
+    and the old `@` spelling (refused by MLflow) maps to them."""
+    from mlflow.utils.validation import _validate_metric_name
+    from training.config import RunConfig
+
+    cfg = RunConfig.from_dict({"threat": {"eps_255": 8}, "eval": {"attacks": ["clean", "pgd10", "aa"], "eps_255": [0.5]}})
+    for k in metrics.final_keys(cfg):
+        _validate_metric_name(k)  # raises on a name MLflow refuses
+    assert metrics.canonical("best/pgd10@8") == "best/pgd10_eps8" == metrics.column_key("pgd10", 8).join(("best/", ""))
+    assert metrics.canonical("last/aa/apgd_t@0.5") == "last/aa/apgd_t_eps0.5"
 
 
 def test_a_trial_costs_few_mlflow_calls_and_loses_nothing(tmp_path) -> None:
@@ -74,7 +83,7 @@ def test_a_trial_costs_few_mlflow_calls_and_loses_nothing(tmp_path) -> None:
         (art / name).write_text(name)
         files.append(art / name)
     calls.clear()
-    tr.log_final(run, {"final": True, "outcome": "finished", "best_epoch": 2, "best/pgd10@8": 0.5, "epochs_run": 2}, 2, files, "FINISHED")
+    tr.log_final(run, {"final": True, "outcome": "finished", "best_epoch": 2, "best/pgd10_eps8": 0.5, "epochs_run": 2}, 2, files, "FINISHED")
     assert calls == ["log_batch", "log_artifacts", "set_terminated"]
 
     client = mlflow.tracking.MlflowClient(uri)

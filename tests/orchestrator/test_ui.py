@@ -147,11 +147,11 @@ def test_ui_links_of_a_store_without_the_experiment(tmp_path: Path) -> None:
     """A real MLflow store the sweep has not logged into yet (another experiment only): no addresses."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.cli import ui_links, ui_urls
+    from orchestrator.ui import ui_links, ui_urls
 
     db = tmp_path / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{db}").create_experiment("another")
-    links = ui_links(db, "grid", "http://127.0.0.1:5000", "best/pgd10@8")
+    links = ui_links(db, "grid", "http://127.0.0.1:5000", "best/pgd10_eps8")
     assert links["experiment_id"] is None and links["compare_url"] is None and links["run_ids"] == []
     # the compare view's route as the MLflow UI writes it (JSON lists, unencoded)
     u = ui_urls("http://h:1", "7", ["a", "b"], None)

@@ -76,7 +76,7 @@ def test_refused_with_key_and_value(d, key, value):
 
 def test_config_is_immutable():
     cfg = RunConfig.from_dict({})
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="frozen"):  # pydantic: "Instance is frozen"
         cfg.epochs = 3  # type: ignore[misc]
 
 
@@ -89,3 +89,20 @@ def test_fgsm_ga_lambda_rule_is_refused_beyond_its_table():
     assert e.value.key == "method.grad_align_lambda" and "7.3e+07" in str(e.value) and "76.5" in str(e.value)
     cfg = RunConfig.from_dict({"method": {"name": "fgsm_ga", "grad_align_lambda": 2.0}, "threat": {"eps_255": 76.5}})
     assert cfg.method.grad_align_lambda == 2.0
+
+
+def test_method_section_is_the_methods_own_model():
+    """``method`` is a discriminated union on ``method.name``: the config holds the method's Params model (the one the
+    method class trains with), a bare name is accepted, and one pass reports every problem of the section."""
+    from training import schema
+
+    cfg = RunConfig.from_dict({"method": "free"})
+    assert type(cfg.method) is schema.FreeParams and cfg.method.m == 8 and cfg.data_epochs == cfg.epochs
+    assert RunConfig.from_dict({"method": {"name": "free", "m": 3, "divide_epochs": True}}).data_epochs == 4
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"method": {"name": "free", "m": 0, "k": 3}, "epochs": 0})
+    assert [(x.key, x.value, x.problem) for x in e.value.errors] == [
+        ("epochs", 0, "must be > 0"),
+        ("method.m", 0, "must be >= 1"),
+        ("method.k", 3, "unknown parameter of this method; known: alpha_255, divide_epochs, m"),
+    ]

@@ -76,9 +76,9 @@ def test_matrix_keys_in_column_order(matrix):
     expected = ["clean"]
     for col in ("fgsm", "pgd10", "pgd50", "cw", "apgd_ce", "aa"):
         for e in ("16", "24"):
-            expected.append(f"{col}@{e}")
+            expected.append(f"{col}_eps{e}")
             if col == "aa":
-                expected += [f"aa/{s}@{e}" for s in ("apgd_ce", "apgd_t", "fab_t", "square")]
+                expected += [f"aa/{s}_eps{e}" for s in ("apgd_ce", "apgd_t", "fab_t", "square")]
     assert acc_keys == expected
     timed = [k for k in expected if not k.startswith("aa/")]
     assert sorted(k for k in matrix if k.startswith("seconds/")) == sorted(f"seconds/{k}" for k in timed)
@@ -91,13 +91,13 @@ def test_matrix_ordering(matrix):
     assert m["clean"] > 0.8
     for e in ("16", "24"):
         for col in ("fgsm", "pgd10", "pgd50", "cw", "apgd_ce", "aa"):
-            assert m[f"{col}@{e}"] <= m["clean"]
-        assert m[f"pgd50@{e}"] <= m[f"pgd10@{e}"] + 0.02
-        assert m[f"aa@{e}"] <= m[f"apgd_ce@{e}"] + 1e-9
-        stages = [m[f"aa/{s}@{e}"] for s in ("apgd_ce", "apgd_t", "fab_t", "square")]
-        assert stages == sorted(stages, reverse=True) and stages[-1] == m[f"aa@{e}"]
-    assert m["pgd10@24"] <= m["pgd10@16"] + 0.02  # a larger ball is not harder to attack
-    assert m["pgd10@16"] < m["clean"]  # the attacks do bite at this ε
+            assert m[f"{col}_eps{e}"] <= m["clean"]
+        assert m[f"pgd50_eps{e}"] <= m[f"pgd10_eps{e}"] + 0.02
+        assert m[f"aa_eps{e}"] <= m[f"apgd_ce_eps{e}"] + 1e-9
+        stages = [m[f"aa/{s}_eps{e}"] for s in ("apgd_ce", "apgd_t", "fab_t", "square")]
+        assert stages == sorted(stages, reverse=True) and stages[-1] == m[f"aa_eps{e}"]
+    assert m["pgd10_eps24"] <= m["pgd10_eps16"] + 0.02  # a larger ball is not harder to attack
+    assert m["pgd10_eps16"] < m["clean"]  # the attacks do bite at this ε
 
 
 def test_matrix_runs_in_eval_mode_and_restores_modes(trained):
@@ -171,15 +171,15 @@ def test_progress_and_eps_keys(trained):
         model, x[:32], y[:32], columns=("clean", "fgsm"), eps_255=(8.0, 0.5),
         progress=lambda key, acc, sec: calls.append(key),
     )
-    assert calls == ["clean", "fgsm@8", "fgsm@0.5"]
-    assert set(out) == {"clean", "fgsm@8", "fgsm@0.5", "seconds/clean", "seconds/fgsm@8", "seconds/fgsm@0.5"}
+    assert calls == ["clean", "fgsm_eps8", "fgsm_eps0.5"]
+    assert set(out) == {"clean", "fgsm_eps8", "fgsm_eps0.5", "seconds/clean", "seconds/fgsm_eps8", "seconds/fgsm_eps0.5"}
 
 
 def test_matrix_is_reproducible_and_column_independent(trained):
     model, x, y = trained
     a = robustness_matrix(model, x[:64], y[:64], columns=("pgd10",), eps_255=(16,), seed=5)
     b = robustness_matrix(model, x[:64], y[:64], columns=("fgsm", "pgd10"), eps_255=(16,), seed=5)
-    assert a["pgd10@16"] == b["pgd10@16"]
+    assert a["pgd10_eps16"] == b["pgd10_eps16"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -190,4 +190,4 @@ def test_matrix_on_cuda(trained):
     model = copy.deepcopy(model).cuda().eval()
     out = robustness_matrix(model, x[:64].cuda(), y[:64].cuda(), columns=("clean", "pgd10", "aa"),
                             aa_kwargs=CHEAP_AA)
-    assert 0.0 <= out["aa@8"] <= out["clean"]
+    assert 0.0 <= out["aa_eps8"] <= out["clean"]

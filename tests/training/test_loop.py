@@ -37,7 +37,7 @@ def test_records_files_and_final(tmp_path):
     assert 1 <= final["best_epoch"] <= 3
     for which in ("best", "last"):
         assert 0 <= final[f"{which}/clean"] <= 1
-        assert final[f"{which}/pgd10@8"] <= final[f"{which}/clean"] + 1e-9
+        assert final[f"{which}/pgd10_eps8"] <= final[f"{which}/clean"] + 1e-9
     out = tmp_path / "run"
     for f in ("last.pt", "best.pt", "config.json", "metrics.jsonl", "results.json"):
         assert (out / f).exists(), f

@@ -35,7 +35,7 @@ def _setup(name, seed=0):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     ctx = StepContext(model, opt, None, EPS, 4, torch.device("cpu"))
     cls = METHODS.get(name)
-    method = cls(cls.Params.from_dict(TEST_PARAMS[name]), ctx)
+    method = cls(cls.Params(**TEST_PARAMS[name]), ctx)
     ctx.schedule = Schedule(opt, 100, OptimConfig(lr=0.05), ScheduleConfig(name="constant"))
     x = torch.rand(16, 3, 8, 8)
     y = torch.randint(0, 4, (16,))
@@ -179,7 +179,7 @@ def test_ckpt_step_is_1_25_eps_unless_set(alpha_255, eps_255):
     ctx = StepContext(model, opt, None, eps, 4, torch.device("cpu"))
     ctx.schedule = Schedule(opt, 10, OptimConfig(lr=0.0), ScheduleConfig(name="constant"))
     cls = METHODS.get("fgsm_ckpt")
-    method = cls(cls.Params.from_dict({} if alpha_255 is None else {"alpha_255": alpha_255}), ctx)
+    method = cls(cls.Params(**({} if alpha_255 is None else {"alpha_255": alpha_255})), ctx)
     torch.manual_seed(0)
     x = torch.full((16, 3, 8, 8), 0.5)  # no clamping to [0, 1] within 16/255
     method.step(x, torch.zeros(16, dtype=torch.long), 0)

@@ -47,7 +47,7 @@ def _pgd_single_restart(
     for _ in range(steps):
         xa, ya, da = x[active], y[active], delta[active]
         # the batch-mean loss as in the reference; the mean's scale does not change sign(∇)
-        logits, _, grad = loss_and_grad(model, xa + da, lambda z: loss_fn(z, ya), reduction="mean")
+        logits, _, grad = loss_and_grad(model, xa + da, lambda z: loss_fn(z, ya), reduction="mean")  # noqa: B023 - called within this iteration
         if early_stop:
             # Forward passes only on the still-correct samples: a frozen sample's prediction cannot change (eval
             # mode, deterministic model), so this equals the reference's full-batch check at a fraction of the cost.

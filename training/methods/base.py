@@ -1,8 +1,8 @@
 """What every training method shares: the step context and the helpers a step is written with.
 
-A method is a class registered in ``METHODS`` with a ``Params`` dataclass (its typed knobs, validated from the
-run config) and a ``step(x, y, it)`` that does one minibatch: builds the training examples and updates the
-weights through ``ctx.train_on``. Helpers keep each method's step function-sized and the gradient hygiene in one
+A method is a class registered in ``METHODS`` with a ``Params`` model (its typed knobs in training/schema.py: the
+run config's ``method`` section) and a ``step(x, y, it)`` that does one minibatch: builds the training examples
+and updates the weights through ``ctx.train_on``. Helpers keep each method's step function-sized and the gradient hygiene in one
 place:
 
 - ``ctx.input_grad``: the gradient of the loss with respect to the *input only* (``torch.autograd.grad``), so
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from training.activations import grad_phase
 from training.attacks._util import project as project_point
-from training.config import Params
+from training.schema import Params
 
 
 @dataclass

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 
 from training.methods.base import Method, clip_eps, project, uniform_delta
 from training.registry import METHODS
-from training.schema import AlphaParams, FGSMCKPTParams, FGSMGAParams
+from training.schema import FGSMCKPTParams, FGSMGAParams, FGSMParams, FGSMRSParams
 
 
 @METHODS.register("fgsm")
 class FGSM(Method):
     """FGSM from a zero start: δ = clip_ε(α·sign ∇ₓCE(f(x), y)), α = ε by default; x+δ clamped to [0,1]."""
 
-    Params = AlphaParams
+    Params = FGSMParams
     passes = {"fwd": 2, "bwd_full": 1, "bwd_input": 1}
 
     def step(self, x, y, it):
@@ -35,7 +35,7 @@ class FGSM(Method):
 class FGSMRS(Method):
     """FGSM-RS (spec §3): δ ~ U[-ε,ε] (clamped to the image), one step of α = 1.25ε, clip, clamp, train."""
 
-    Params = AlphaParams
+    Params = FGSMRSParams
     passes = {"fwd": 2, "bwd_full": 1, "bwd_input": 1}
 
     def step(self, x, y, it):

@@ -1,9 +1,10 @@
 """Model factory: ``create_model(name, ...)`` -> ``Normalized(net, mean, std)``, a classifier of [0,1] pixel images.
 
 Every entry of ``MODELS`` (registered by the modules imported below) is a builder
-``builder(*, num_classes, in_channels, image_size, activation, act_alpha, smooth_grad_for, width) -> nn.Module``
-returning the bare network; :func:`create_model` wraps it in :class:`Normalized`, so the per-channel normalisation is
-the first operation *inside* the model and every attack works in pixel space (spec ``at_methods.md`` section 1).
+``builder(spec: NetSpec) -> nn.Module`` (training/models/builder.py: classes, channels, image size, activation,
+width) returning the bare network; :func:`create_model` wraps it in :class:`Normalized`, so the per-channel
+normalisation is the first operation *inside* the model and every attack works in pixel space (spec
+``at_methods.md`` section 1).
 All models are randomly initialised (no pretrained weights).
 """
 from __future__ import annotations
@@ -14,11 +15,12 @@ import torch
 import torch.nn as nn
 
 from training.registry import MODELS
+from training.models.builder import NetSpec
 from training.models.normalize import Normalized
 from training.models import cifar as _cifar  # noqa: F401  (registers small_cnn, preact_resnet18, resnet18, wrn34_10)
 from training.models import scaling as _scaling  # noqa: F401  (registers the torchvision ResNets / EfficientNets)
 
-__all__ = ["MODELS", "Normalized", "create_model"]
+__all__ = ["MODELS", "NetSpec", "Normalized", "create_model"]
 
 
 def create_model(
@@ -58,13 +60,5 @@ def create_model(
         >>> logits = model(torch.rand(8, 3, 32, 32))
     """
     builder = MODELS.get(name)
-    net = builder(
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        activation=activation,
-        act_alpha=act_alpha,
-        smooth_grad_for=smooth_grad_for,
-        width=width,
-    )
+    net = builder(NetSpec(num_classes, in_channels, image_size, activation, act_alpha, smooth_grad_for, width))
     return Normalized(net, mean=mean, std=std, in_channels=in_channels)

@@ -14,30 +14,17 @@ and lets other input sizes work.
 """
 from __future__ import annotations
 
-import functools
 import math
-from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training.activations import make_activation
+from training.models.builder import ActFactory, NetSpec
 from training.registry import MODELS
 
 __all__ = ["PreActResNet", "ResNetCifar", "SmallCNN", "WideResNet"]
 
-ActFactory = Callable[[], nn.Module]
-
-
-def _act_factory(activation: str, act_alpha: float | None, smooth_grad_for: str) -> ActFactory:
-    make_activation(activation, alpha=act_alpha, smooth_grad_for=smooth_grad_for)  # fail early on a bad name/alpha
-    return functools.partial(make_activation, activation, alpha=act_alpha, smooth_grad_for=smooth_grad_for)
-
-
-def _check_common(num_classes: int, in_channels: int, image_size: int) -> None:
-    if num_classes < 1 or in_channels < 1 or image_size < 1:
-        raise ValueError(f"num_classes={num_classes}, in_channels={in_channels}, image_size={image_size} must be ≥ 1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,21 +57,11 @@ class SmallCNN(nn.Module):
 
 
 @MODELS.register("small_cnn")
-def small_cnn(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: int = 32,
-    activation: str = "relu",
-    act_alpha: float | None = None,
-    smooth_grad_for: str = "both",
-    width: int | None = None,
-) -> nn.Module:
-    _check_common(num_classes, in_channels, image_size)
-    if image_size < 2:
-        raise ValueError(f"small_cnn needs image_size ≥ 2, got {image_size}")
-    act = _act_factory(activation, act_alpha, smooth_grad_for)
-    return SmallCNN(in_channels, num_classes, 32 if width is None else width, act)
+def small_cnn(s: NetSpec) -> nn.Module:
+    s.check()
+    if s.image_size < 2:
+        raise ValueError(f"small_cnn needs image_size ≥ 2, got {s.image_size}")
+    return SmallCNN(s.in_channels, s.num_classes, 32 if s.width is None else s.width, s.act())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,19 +123,9 @@ class PreActResNet(nn.Module):
 
 
 @MODELS.register("preact_resnet18")
-def preact_resnet18(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: int = 32,
-    activation: str = "relu",
-    act_alpha: float | None = None,
-    smooth_grad_for: str = "both",
-    width: int | None = None,
-) -> nn.Module:
-    _check_common(num_classes, in_channels, image_size)
-    act = _act_factory(activation, act_alpha, smooth_grad_for)
-    return PreActResNet([2, 2, 2, 2], in_channels, num_classes, 64 if width is None else width, act)
+def preact_resnet18(s: NetSpec) -> nn.Module:
+    s.check()
+    return PreActResNet([2, 2, 2, 2], s.in_channels, s.num_classes, 64 if s.width is None else s.width, s.act())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -217,19 +184,9 @@ class ResNetCifar(nn.Module):
 
 
 @MODELS.register("resnet18")
-def resnet18(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: int = 32,
-    activation: str = "relu",
-    act_alpha: float | None = None,
-    smooth_grad_for: str = "both",
-    width: int | None = None,
-) -> nn.Module:
-    _check_common(num_classes, in_channels, image_size)
-    act = _act_factory(activation, act_alpha, smooth_grad_for)
-    return ResNetCifar([2, 2, 2, 2], in_channels, num_classes, 64 if width is None else width, act)
+def resnet18(s: NetSpec) -> nn.Module:
+    s.check()
+    return ResNetCifar([2, 2, 2, 2], s.in_channels, s.num_classes, 64 if s.width is None else s.width, s.act())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -308,16 +265,6 @@ class WideResNet(nn.Module):
 
 
 @MODELS.register("wrn34_10")
-def wrn34_10(
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: int = 32,
-    activation: str = "relu",
-    act_alpha: float | None = None,
-    smooth_grad_for: str = "both",
-    width: int | None = None,
-) -> nn.Module:
-    _check_common(num_classes, in_channels, image_size)
-    act = _act_factory(activation, act_alpha, smooth_grad_for)
-    return WideResNet(34, 10 if width is None else width, in_channels, num_classes, 0.0, act)
+def wrn34_10(s: NetSpec) -> nn.Module:
+    s.check()
+    return WideResNet(34, 10 if s.width is None else s.width, s.in_channels, s.num_classes, 0.0, s.act())

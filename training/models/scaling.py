@@ -20,14 +20,13 @@ there, not one per site. EfficientNet builds one activation module per site, so 
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch.nn as nn
 from torchvision import models as tvm
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from training.activations import make_activation
+from training.models.builder import NetSpec
 from training.registry import MODELS
 
 __all__ = ["replace_activations"]
@@ -66,34 +65,21 @@ def _replace_stem(old: nn.Conv2d, in_channels: int) -> nn.Conv2d:
 
 
 def _make_builder(name: str, construct: Callable[[int], nn.Module], family: str):
-    def builder(
-        *,
-        num_classes: int,
-        in_channels: int = 3,
-        image_size: int = 32,
-        activation: str = "relu",
-        act_alpha: float | None = None,
-        smooth_grad_for: str = "both",
-        width: int | None = None,
-    ) -> nn.Module:
-        if width is not None:
-            raise ValueError(f"model {name!r} has no width knob (got width={width}); choose a bigger variant instead")
-        if num_classes < 1 or in_channels < 1 or image_size < 1:
-            raise ValueError(
-                f"num_classes={num_classes}, in_channels={in_channels}, image_size={image_size} must be ≥ 1"
-            )
-        factory = functools.partial(make_activation, activation, alpha=act_alpha, smooth_grad_for=smooth_grad_for)
-        factory()  # fail early on a bad name / alpha, before building a large network
-        net = construct(num_classes)
+    def builder(s: NetSpec) -> nn.Module:
+        if s.width is not None:
+            raise ValueError(f"model {name!r} has no width knob (got width={s.width}); choose a bigger variant instead")
+        s.check()
+        factory = s.act()  # fails early on a bad name / alpha, before building a large network
+        net = construct(s.num_classes)
         if family == "resnet":
             n = replace_activations(net, (nn.ReLU,), factory)
-            if in_channels != 3:
-                net.conv1 = _replace_stem(net.conv1, in_channels)
+            if s.in_channels != 3:
+                net.conv1 = _replace_stem(net.conv1, s.in_channels)
         else:
             # Only nn.SiLU: the squeeze-excitation gate is an nn.Sigmoid and stays.
             n = replace_activations(net, (nn.SiLU,), factory)
-            if in_channels != 3:
-                net.features[0][0] = _replace_stem(net.features[0][0], in_channels)
+            if s.in_channels != 3:
+                net.features[0][0] = _replace_stem(net.features[0][0], s.in_channels)
         if n == 0:
             raise RuntimeError(f"{name}: no activation layer found to replace (did torchvision change?)")
         return net

@@ -1,5 +1,8 @@
-import sys, json, pyarrow.parquet as pq
-t = pq.read_table(sys.argv[1]).to_pylist()
+import sys
+
+from orchestrator.results import read_rows  # today's column names, also for a file written before them
+
+t = read_rows(sys.argv[1])[0]
 eps = "76.5"
 print("| Trial | Outcome | CO epoch | Best epoch | Best: clean / PGD-10 | Last: clean / PGD-10 | Last epoch: own-example acc / train-batch PGD-10 | Gen. updates | Train (s) |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -10,5 +13,5 @@ def key(r):
     return (o, r["seed"])
 for r in sorted(t, key=key):
     print(f"| {r['trial_name']} | {r['outcome']} | {r.get('co_epoch') or '–'} | {r.get('best_epoch')} | "
-          f"{pct(r.get('best/clean'))} / {pct(r.get(f'best/pgd10@{eps}'))} | {pct(r.get('last/clean'))} / {pct(r.get(f'last/pgd10@{eps}'))} | "
+          f"{pct(r.get('best/clean'))} / {pct(r.get(f'best/pgd10_eps{eps}'))} | {pct(r.get('last/clean'))} / {pct(r.get(f'last/pgd10_eps{eps}'))} | "
           f"{pct(r.get('epoch/train/acc'))} / {pct(r.get('epoch/train/pgd_acc'))} | {int(r['epoch/method/gen_steps']) if r.get('epoch/method/gen_steps') is not None else '–'} | {r.get('time/train_s', 0):.0f} |")
