@@ -35,28 +35,28 @@ def main() -> int:
     def say(msg: str) -> None:
         s = int(time.time() - t0)
         print(f"  [{s // 60}:{s % 60:02d}] {msg}", flush=True)
+        shown[0] = time.time()
 
     collected = satisfied = 0
     stage = "starting pip"
-    last = time.time()
+    shown = [time.time()]  # when a line was last shown: silence is counted from there, not from pip's last line
     passthrough = False  # after an error: everything pip says
     while True:
+        if time.time() - shown[0] >= args.every:  # also while pip prints lines that are not shown
+            say(f"still working: {stage}")
         try:
             line = lines.get(timeout=1.0)
         except queue.Empty:
-            if time.time() - last >= args.every:
-                say(f"still working: {stage}")
-                last = time.time()
             continue
         if line is None:
             break
         text = line.strip()
         if not text or any(d in text for d in DROP):
             continue
-        last = time.time()
         if passthrough or text.startswith(("ERROR", "error:", "WARNING", "×", "╰─>")):
             passthrough = passthrough or not text.startswith("WARNING")
             print(line, flush=True)
+            shown[0] = time.time()
         elif text.startswith("Collecting "):
             collected += 1
             stage = f"collecting {text.split()[1]}"
