@@ -32,6 +32,7 @@ from orchestrator.search import ALGORITHMS
 from orchestrator.space import distinct_points
 from orchestrator.spec import SpecErrors, SweepSpec, check_resources, load_spec, tracking_uri_problem
 from orchestrator.sweepdir import check_storage, check_sweep_dir, storage_error
+from training import metrics
 from training.config import EVAL_SETTINGS, ConfigError, RunConfig, describe, set_dotted
 from training.numbers import fmt_duration
 
@@ -567,16 +568,15 @@ def train(
         raise typer.Exit(EXIT_FAILED)
 
 
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "results.json")  # what makes a folder a run
+RUN_FILES = (metrics.CONFIG_FILE, metrics.METRICS_FILE, "last.pt", "best.pt", metrics.RESULTS_FILE)  # what makes a folder a run
 RUNS_DIR = Path("runs")
 
 
 def _new_run_dir(name: str) -> str:
     """``runs/<name>-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``, ... if two runs start in the same second)."""
-    import re
     import time
 
-    stem = RUNS_DIR / f"{re.sub(r'[^A-Za-z0-9_.=,-]+', '_', name).strip('._') or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = RUNS_DIR / f"{sweepdir.safe_name(name).strip('._') or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     d, i = stem, 1
     while d.exists():
         i += 1

@@ -74,10 +74,14 @@ def optuna_url(sweep_dir: Path, spec: SweepSpec) -> str:
     return spec.search.storage or f"sqlite:///{sweep_dir}/optuna.db"
 
 
+def safe_name(name: str) -> str:
+    """A trial or run name as a file name: every run of other characters becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", name)
+
+
 def trial_dir(trials_dir: str | Path, name: str, key: str) -> Path:
     """``<trials>/<name>-<key8>``: readable, filesystem-safe, and unique through the key."""
-    safe = re.sub(r"[^A-Za-z0-9_.=,-]+", "_", name).strip("._")[:80]
-    return Path(trials_dir) / f"{safe}-{key[:8]}"
+    return Path(trials_dir) / f"{safe_name(name).strip('._')[:80]}-{key[:8]}"
 
 
 def lock_sweep_dir(sweep_dir: Path):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -274,7 +273,7 @@ def _trial_name(trial: Any) -> str:
 
 
 def _trial_dirname(trial: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=,-]+", "_", trial.config["trial"]["name"])[:80] + "_" + trial.trial_id
+    return sweepdir.safe_name(trial.config["trial"]["name"])[:80] + "_" + trial.trial_id
 
 
 def _finish(spec: SweepSpec, handler: SweepCallback, sweep_dir: Path, uri: str | None, t0: float, console: Any) -> SweepResult:
