@@ -230,11 +230,11 @@ def bookkeeping_trainable(config: dict[str, Any], ctx: Any) -> None:
     """Reports one epoch record and a final record, like a trial, and returns: the driver's work only."""
     from ray import tune
 
-    from orchestrator.spec import EPOCH_METRICS
-    from orchestrator.trainable import trial_dir
+    from training.metrics import EPOCH_KEYS
+    from orchestrator.sweepdir import trial_dir
 
     trial_dir(ctx.trials_dir, config["trial"]["name"], config["trial"]["key"]).mkdir(parents=True, exist_ok=True)
-    rec = {k: 0.5 for k in EPOCH_METRICS}
+    rec = {k: 0.5 for k in EPOCH_KEYS}
     rec.update(epoch=1, **{"time/trial_s": 0.0})
     tune.report(rec)
     tune.report({"final": True, "outcome": "finished", "epochs_run": 1, "best_epoch": 1, "best/clean": 0.5,
