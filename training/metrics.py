@@ -1,4 +1,4 @@
-"""The run schema: every number a run reports, how it is spelled, and the one reader of a run folder.
+"""The run schema: every number a run reports, how it is spelled, and the one reader of a run folder's epochs.
 
 Every other module asks here (the loop writing records, the sweep check of ``metric:``, MLflow logging, the
 Parquet columns, the live view, the report's table), so a new epoch metric or evaluation column is added in
@@ -151,11 +151,3 @@ def read_epochs(folder: str | Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
             by_epoch[rec["epoch"]] = rec
     return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def read_results(folder: str | Path) -> dict[str, Any] | None:
-    """A run folder's results.json (``config``, ``final``, ``epochs``), or None while the run has not ended."""
-    try:
-        return json.loads((Path(folder) / RESULTS_FILE).read_text())
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return None
