@@ -1,23 +1,10 @@
 """``orch report``'s figures (matplotlib, imported only when a figure is drawn), and the per-trial ``curves.png``
 the sweep's driver draws at each trial's end (:func:`plot_trial_curves`).
 
-Files written to the report folder: ``<param>.png`` (each thesis column against each swept parameter that takes
-more than one value, best and last, error bars = std over seeds; one line, in one colour, per combination of the
-other swept parameters, or one scatter of every trial when those are many, as in a search), ``curves.png``
-(per-epoch validation PGD / clean accuracy, training PGD accuracy and loss, mean over seeds per group, from the
-trials' ``metrics.jsonl``), and three figures for comparing trials (their groups named by the swept values that
-differ; a section-valued axis by the sub-keys that differ):
-
-- ``tradeoff.png``: clean against robust accuracy of every finished trial (the study's main robust column: its
-  ``metric`` when that is a final robust column, else AA, else PGD-10), marked by group, with the group means
-  (± std over seeds) and the Pareto front of the trials (no other trial is better on both; up to 9 front trials
-  are numbered and named in the legend by group and seed).
-- ``robust_epochs.png``: validation PGD accuracy per epoch of every trial (one line each, colour = group), with
-  the epochs where catastrophic overfitting was detected marked.
-- ``time_to_threshold.png``: training seconds (``time/train_s``, per-epoch evaluation excluded) until a trial's
-  validation PGD accuracy first reaches a threshold, per group (mean ± std over the seeds that reached it; groups
-  that never did are shown as such). Default threshold: ``threshold_frac`` (0.9) x the best validation PGD
-  accuracy any trial reached in any epoch.
+Written to the report folder: ``<param>.png`` for each swept parameter that takes more than one value,
+``curves.png`` (per-epoch curves of each group), and, for comparing trials, ``tradeoff.png``, ``robust_epochs.png``
+and ``time_to_threshold.png``. What each shows is in ``docs/figures/README.md`` and in its function's docstring;
+groups are named by the swept values that differ (a section-valued axis by the sub-keys that differ).
 """
 from __future__ import annotations
 
@@ -46,11 +33,6 @@ def write_figures(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, s
 # ------------------------------------------------------------------------------------------ labels and axes
 
 
-def _tick(v: Any) -> str:
-    t = format_value(v)
-    return t if len(t) <= 22 else t[:21] + "…"
-
-
 def varying_keys(gs: list[Group]) -> list[str]:
     """The swept keys that take more than one value across the groups. A key swept over a single value
     (``model.name: [small_cnn]`` next to the real axes) is a constant: it gets no plot of its own and splits no
@@ -62,10 +44,7 @@ def varying_keys(gs: list[Group]) -> list[str]:
 def _differing_subkeys(vals: list[dict[str, Any]]) -> list[str]:
     """The sub-keys of section values (dicts) that are not the same in every one (missing in one counts as
     different), ``name`` first, then in order of first appearance."""
-    subs: list[str] = []
-    for v in vals:
-        subs += [s for s in v if s not in subs]
-    subs.sort(key=lambda s: s != "name")
+    subs = sorted(dict.fromkeys(s for v in vals for s in v), key=lambda s: s != "name")
     return [s for s in subs if len({value_key(v.get(s, _MISSING)) for v in vals}) > 1]
 
 
@@ -101,7 +80,7 @@ def tick_labels(vals: list[Any]) -> list[str]:
     other values shortened to 22 characters."""
     if vals and all(isinstance(v, dict) for v in vals):
         return value_labels(vals, multiline=True)
-    return [_tick(v) for v in vals]
+    return [t if len(t := format_value(v)) <= 22 else t[:21] + "…" for v in vals]
 
 
 def _value_maps(gs: list[Group], keys: list[str]) -> dict[str, dict[str, str]]:
@@ -421,8 +400,7 @@ def main_columns(rows: list[dict[str, Any]], meta: dict[str, str]) -> tuple[str,
 
 def _styles(gs: list[Group]) -> dict[int, tuple[Any, str]]:
     """The same colour and marker for a group in every comparison figure."""
-    plt = _plt()
-    cmap = plt.get_cmap("tab10" if len(gs) <= 10 else "tab20")
+    cmap = _cmap(len(gs))
     return {id(g): (cmap(i % cmap.N), MARKERS[i % len(MARKERS)]) for i, g in enumerate(gs)}
 
 
@@ -431,14 +409,10 @@ def _save(plt: Any, fig: Any, ax: Any, n_leg: int, path: Path) -> Path:
     long legend entries widen the image instead of squeezing the axes)."""
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _legend_outside(ax, n_leg)
+    if n_leg:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False, ncol=1 if n_leg <= 16 else 2,
+                  borderaxespad=0.0)
     return _savefig(plt, fig, path, 110)
-
-
-def _legend_outside(ax: Any, n: int, **kw: Any) -> None:
-    if n:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
-                  ncol=1 if n <= 16 else 2, borderaxespad=0.0, **kw)
 
 
 def plot_tradeoff(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, str], out_dir: Path) -> Path | None:
