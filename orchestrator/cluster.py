@@ -16,13 +16,7 @@ Why this module exists (``shared/spec/stack.md`` Q5 and Q7 are the evidence):
 - ``ray.autoscaler._private.util.validate_config`` on the raw YAML fails with a misleading
   "Missing 'cluster_synced_files'" error; ``prepare_config`` first fills the provider defaults.
 
-Command line (``orch cluster``, in ``orchestrator/cli.py``; for trying autoscaling by hand, see ``docs/cluster.md``)::
-
-    orch cluster validate cluster.yaml
-    orch cluster fake-up [--max-workers 2] [--gpus-per-worker 1]   # blocks; Ctrl-C tears down
-    orch cluster watch --address HOST:PORT [--interval 1]           # JSON line per change
-    orch cluster down /tmp/orchray-XXXX    # stop a local cluster whose starter was killed
-
+The command line is ``orch cluster`` (``orchestrator/cli.py``; trying autoscaling by hand: ``docs/cluster.md``).
 Nothing here imports Ray at module import time, so importing it is cheap and cannot flip Ray's auth settings.
 """
 from __future__ import annotations
@@ -101,15 +95,8 @@ def node_ip() -> str:
         return "127.0.0.1"
 
 
-def fake_autoscaling_config(
-    gcs_address: str,
-    *,
-    worker_type: str = "gpu_worker",
-    worker_resources: Mapping[str, float] | None = None,
-    max_workers: int = 2,
-    idle_timeout_minutes: float = 0.1,
-    upscaling_speed: float = 1.0,
-) -> dict[str, Any]:
+def fake_autoscaling_config(gcs_address: str, *, worker_resources: Mapping[str, float] | None = None, max_workers: int = 2,
+                            idle_timeout_minutes: float = 0.1) -> dict[str, Any]:
     """The autoscaling config for ``RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...``.
 
     Fields of Ray's upstream ``fake_multi_node/example.yaml`` (not shipped in the 2.60 wheel). ``gcs_address`` must
@@ -122,7 +109,7 @@ def fake_autoscaling_config(
     return {
         "cluster_name": "orch-fake",
         "max_workers": max_workers,
-        "upscaling_speed": upscaling_speed,
+        "upscaling_speed": 1.0,
         "docker": {},
         "idle_timeout_minutes": idle_timeout_minutes,
         "provider": {
@@ -139,7 +126,7 @@ def fake_autoscaling_config(
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
             FAKE_HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            worker_type: {"resources": res, "node_config": {}, "min_workers": 0, "max_workers": max_workers},
+            "gpu_worker": {"resources": res, "node_config": {}, "min_workers": 0, "max_workers": max_workers},
         },
         "head_node_type": FAKE_HEAD_TYPE,
         "file_mounts": {},
@@ -179,7 +166,6 @@ class LocalCluster:
     env: dict[str, str]  # environment a client of this cluster needs (auth token, usage stats off)
     dashboard_url: str | None = None  # http://host:port when started with the dashboard (needs ray[default])
     start_s: float = 0.0
-    own_temp_dir: bool = True
     stopped: bool = field(default=False, repr=False)
     _leader: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -241,7 +227,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 report["left"] = [self._leader.pid]
         report["stop_s"] = round(time.monotonic() - t0, 2)
-        if self.own_temp_dir and not report["left"]:
+        if not report["left"]:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         self.stopped = True
         return report
@@ -254,48 +240,26 @@ class LocalCluster:
             self.stop()
 
 
-def start_local_cluster(
-    *,
-    num_cpus: float = 0,
-    num_gpus: float = 0,
-    autoscaling_config: Mapping[str, Any] | None = None,
-    fake_worker: Mapping[str, Any] | None = None,
-    dashboard: bool = False,
-    port: int | None = None,
-    temp_dir: str | os.PathLike | None = None,
-    extra_env: Mapping[str, str] | None = None,
-    auth: bool = True,
-    timeout_s: float = 90.0,
-    stop_at_exit: bool = True,
-) -> LocalCluster:
+def start_local_cluster(*, num_cpus: float = 0, num_gpus: float = 0, fake_worker: Mapping[str, Any] | None = None,
+                        dashboard: bool = False, timeout_s: float = 90.0) -> LocalCluster:
     """Start a Ray head on this machine with ``ray start --head`` and return a handle to stop it.
 
     Args:
         num_cpus, num_gpus: the head's own resources (0 and 0: nothing runs on the head, like cluster.yaml).
         fake_worker: make it autoscale with Ray's fake multi-node provider; keyword arguments of
-            :func:`fake_autoscaling_config` (``worker_resources``, ``max_workers``, ``idle_timeout_minutes``, ...).
-        autoscaling_config: a full autoscaling config instead (``provider.gcs_address`` is filled in).
+            :func:`fake_autoscaling_config` (``worker_resources``, ``max_workers``, ``idle_timeout_minutes``).
         dashboard: start the dashboard (needed for Ray jobs; needs ``ray[default]``) on a free port.
-        port: the GCS port (default: a free one; never 6379, the default others use).
-        temp_dir: Ray's temp dir (default: a new short dir under /tmp; removed by :meth:`LocalCluster.stop`).
-            Short on purpose: Ray's unix socket paths live under it (107-byte limit).
-        auth: token auth with a fresh random token passed through ``RAY_AUTH_TOKEN`` (nothing written to
-            ``~/.ray``); False: ``RAY_AUTH_MODE=disabled``.
-        stop_at_exit: stop the cluster when this process exits, if :meth:`LocalCluster.stop` was not called.
-            (A process killed with SIGKILL cannot: ``python -m orchestrator.cluster down TEMP_DIR`` then.)
+
+    The GCS port is a free one (never 6379, the default others use); Ray's temp dir is a new short dir under /tmp
+    (its unix socket paths live under it: 107-byte limit), removed by :meth:`LocalCluster.stop`; token auth uses a
+    fresh random token passed through ``RAY_AUTH_TOKEN`` (nothing written to ``~/.ray``). The cluster is stopped
+    when this process exits (one killed with SIGKILL cannot: ``orch cluster down TEMP_DIR`` then).
     """
-    port = port or free_port()
-    own_tmp = temp_dir is None
-    tmp = Path(temp_dir) if temp_dir else Path(tempfile.mkdtemp(prefix="orchray-", dir="/tmp"))
-    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="orchray-", dir="/tmp"))
     host = node_ip()
     address = f"{host}:{port}"
-    env = dict(BASE_ENV)
-    if auth:
-        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)})
-    else:
-        env["RAY_AUTH_MODE"] = "disabled"
-    env.update(extra_env or {})
+    env = {**BASE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     cmd = [
         *_ray_cmd(), "start", "--head", f"--port={port}", f"--node-ip-address={host}",
         f"--num-cpus={num_cpus:g}", f"--num-gpus={num_gpus:g}", f"--temp-dir={tmp}",
@@ -312,9 +276,8 @@ def start_local_cluster(
         dash_url = f"http://{host}:{dport}"
     proc_env = {**os.environ, **env}
     proc_env.pop("RAY_ADDRESS", None)
-    if fake_worker is not None or autoscaling_config is not None:
-        cfg = dict(autoscaling_config) if autoscaling_config else fake_autoscaling_config(address, **dict(fake_worker or {}))
-        cfg.setdefault("provider", {})["gcs_address"] = address
+    if fake_worker is not None:
+        cfg = fake_autoscaling_config(address, **dict(fake_worker))
         cfg_path = tmp / "autoscaling.json"
         cfg_path.write_text(json.dumps(cfg, indent=2))
         cmd.append(f"--autoscaling-config={cfg_path}")
@@ -325,11 +288,10 @@ def start_local_cluster(
     proc = subprocess.Popen(cmd + ["--block"], env=proc_env, stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(tmp))
     log.close()
-    cluster = LocalCluster(address, tmp, proc.pid, env, dash_url, own_temp_dir=own_tmp, _leader=proc)
+    cluster = LocalCluster(address, tmp, proc.pid, env, dash_url, _leader=proc)
     (tmp / STATE_FILE).write_text(json.dumps({"address": address, "sid": proc.pid, "dashboard_url": dash_url,
                                               "started_by_pid": os.getpid()}))
-    if stop_at_exit:
-        atexit.register(lambda: None if cluster.stopped else cluster.stop(grace_s=2.0))
+    atexit.register(lambda: None if cluster.stopped else cluster.stop(grace_s=2.0))
     ready = tmp / "ray_current_cluster"
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() - t0 > timeout_s:
@@ -348,7 +310,7 @@ def stop_local_cluster(temp_dir: str | os.PathLike, grace_s: float = 5.0) -> dic
     tmp = Path(temp_dir).resolve()
     state = json.loads((tmp / STATE_FILE).read_text())
     # not our child: the session is trusted only if its leader still names this temp dir (LocalCluster)
-    return LocalCluster(state["address"], tmp, int(state["sid"]), {}, own_temp_dir=True).stop(grace_s=grace_s)
+    return LocalCluster(state["address"], tmp, int(state["sid"]), {}).stop(grace_s=grace_s)
 
 
 # ------------------------------------------------------------------ process discovery (Linux /proc)
@@ -491,7 +453,7 @@ def sweep_job_command(dashboard_url: str, sweep_file: str, *orch_args: str, work
     ``ray job submit`` client works with ``ray[tune]`` alone. ``python``: the interpreter on the head that has orch
     (default ``python``, the head's active environment).
     """
-    argv = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", dashboard_url]
+    argv = [*_ray_cmd(), "job", "submit", "--address", dashboard_url]
     if working_dir:
         argv += ["--working-dir", str(working_dir)]
     if submission_id:
