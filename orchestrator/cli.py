@@ -1,12 +1,5 @@
-"""``orch``: the command line. Each command is thin: it parses options and calls one function.
-
-    orch sweep FILE [--profile P] [--set key=value ...] [--dry-run] [--resume] [--address ADDR]
-                    [--tracking-uri URI] [--data-dir DIR] [--yes]
-    orch validate FILE [--profile P] [--set key=value ...]
-    orch report SWEEP_DIR_OR_FILE [--profile P]
-    orch train --config FILE [--set key=value ...] [--out-dir DIR]
-    orch ui SWEEP_DIR_OR_FILE [--port N]
-    orch cluster validate FILE | fake-up [--max-workers N ...] | down TEMP_DIR | watch --address ADDR
+"""``orch``: the command line (``orch -h``, ``orch COMMAND -h``). Each command is thin: it parses options and calls
+one function.
 
 Exit codes: 0 success; 1 some trials failed (or a training run failed); 2 bad input (sweep file, options,
 sweep folder state, an unreachable tracking server) — refused before Ray starts and before anything is
@@ -179,7 +172,6 @@ def data_problems(spec: SweepSpec) -> list:
     missing, and not downloadable), with the loader's full message: which files, which folder, how to fix."""
     from training.data import DatasetUnavailable, check_available
 
-
     points = distinct_points(spec.trials, spec.axes)
     seen: set[str] = set()
     out = []
@@ -331,12 +323,8 @@ def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
     console.print(f"sweep folder: {sdir}{_folder_state(spec, sdir)}\nMLflow: {uri or 'sqlite:///' + str(sdir / 'mlflow.db')}", highlight=False)
     if spec.trials:
         t = Table(title="trials")
-        t.add_column("#", justify="right")
-        t.add_column("trial")
-        for a in spec.axes:
-            t.add_column(a.key)
-        t.add_column("seed", justify="right")
-        t.add_column("key")
+        for c in ["#", "trial", *(a.key for a in spec.axes), "seed", "key"]:  # an axis is never named # or seed
+            t.add_column(c, justify="right" if c in ("#", "seed") else "left")
         for tr in spec.trials:
             t.add_row(str(tr.index), tr.name, *[json.dumps(tr.swept[a.key]) for a in spec.axes], str(tr.seed), tr.key)
         console.print(t)
