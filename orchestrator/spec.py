@@ -414,14 +414,8 @@ def trial_key(sweep_name: str, swept: Mapping[str, Any], seed: int, extra: Any =
 # --------------------------------------------------------------------------------------------- loading
 
 
-def load_spec(
-    path: str | Path,
-    *,
-    profile: str | None = None,
-    sets: list[str] | tuple[str, ...] = (),
-    yes: bool = False,
-    check_configs: bool = True,
-) -> SweepSpec:
+def load_spec(path: str | Path, *, profile: str | None = None, sets: list[str] | tuple[str, ...] = (), yes: bool = False,
+              check_configs: bool = True) -> SweepSpec:
     """Load and validate a sweep file.
 
     Args:
@@ -503,7 +497,6 @@ def load_spec(
         if isinstance(doc.get("base"), dict):  # and the run config's, so that every typo is reported at once
             point = (probe_points(axes_) or [{}])[0]
             d = json.loads(json.dumps({**doc["base"], "seed": 0, "name": "validate", "out_dir": "/nonexistent/validate"}, default=str))
-
             try:
                 for k, v in point.items():
                     set_dotted(d, k, json.loads(json.dumps(v)))
@@ -596,7 +589,7 @@ def load_spec(
     return spec
 
 
-def _apply_set(doc: dict[str, Any], text: str, origins: _Origins) -> None:
+def _apply_set(doc: dict[str, Any], text: str, origins: _Origins) -> tuple[Path_, Any]:
     where = f"--set {text}"
     if "=" not in text:
         raise SpecError(where, text, _MISSING, "expected key=value (e.g. base.epochs=2, seeds=3, axes.method.k=[1,40])")
@@ -650,11 +643,9 @@ def _sets_under_axes(sets: list[tuple[str, Path_, Any]], axes: list[Axis], base:
                 continue
             problem = None
             try:  # the value where it would land, beside the swept values of the first point
-                d = json.loads(json.dumps(base))
-                for k, v in (probe_points(axes) or [{}])[0].items():
-                    set_dotted(d, k, json.loads(json.dumps(v)))
-                set_dotted(d, key, json.loads(json.dumps(value)))
-                RunConfig.from_dict({**d, "seed": 0, "name": "check", "out_dir": "/nonexistent/check"})
+                d = run_dict(base, (probe_points(axes) or [{}])[0], 0, name="check", out_dir="/nonexistent/check")
+                set_dotted(d, key, json.loads(json.dumps(value)))  # never seed, name or out_dir: no axis sets those
+                RunConfig.from_dict(d)
             except ConfigError as e:
                 if e.key == key or e.key.startswith(key + ".") or key.startswith(e.key + "."):
                     problem = e.problem
@@ -677,9 +668,7 @@ def _parse_seeds(raw: Any, base: Mapping[str, Any], origins: _Origins, errors: l
     if raw is _MISSING or raw is None:
         s = base.get("seed", 0)
         return [s] if isinstance(s, int) and not isinstance(s, bool) else [0]
-    if isinstance(raw, bool):
-        pass
-    elif isinstance(raw, int):
+    if isinstance(raw, int) and not isinstance(raw, bool):  # a bool is refused below
         if raw >= 1:
             return list(range(raw))
         errors.append(origins.error(("seeds",), raw, "a count of seeds must be >= 1"))
