@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
+
 from training.config import RunConfig
 from orchestrator.space import distinct_points, trial_name
 
@@ -43,11 +44,9 @@ class Estimate:
     label: str
     epochs: int
     n_train: int
-    n_test: int
     train_s_per_image: float
     epoch_eval_s: float
     final_eval_s: float
-    probe_s: float
 
     @property
     def trial_s(self) -> float:
@@ -75,17 +74,14 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
     torch.set_num_threads(1)
     data = load_data(cfg.data)
     n_train = len(data.train_y) if data.train_y is not None else len(data.train_dataset)
-    n_test_full = len(data.test_y)
-    n_test = n_test_full if cfg.eval.subset is None else min(cfg.eval.subset, n_test_full)
+    n_test = len(data.test_y) if cfg.eval.subset is None else min(cfg.eval.subset, len(data.test_y))
     with tempfile.TemporaryDirectory(prefix="orch-probe-") as tmp:
         d = json.loads(json.dumps(run_dict))
         d.update(epochs=1, out_dir=tmp, name="probe")
         d.setdefault("data", {})["train_limit"] = min(n_train, PROBE_BATCHES * cfg.batch_size)
         d.setdefault("eval", {}).update(attacks=["clean"], checkpoints=["last"], subset=8)
         d.setdefault("co", {})["detect"] = False
-        pcfg = RunConfig.from_dict(d)
-        t0 = time.perf_counter()
-        recs = list(run(pcfg))
+        recs = list(run(RunConfig.from_dict(d)))
         key = _eval_key(cfg.to_dict())
         cost = (eval_cache or {}).get(key)
         if cost is None:
@@ -101,16 +97,10 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
                                    aa_kwargs={"n_iter": cfg.eval.aa_n_iter, "n_queries": cfg.eval.aa_n_queries})
             if eval_cache is not None:
                 eval_cache[key] = cost
-        probe_s = time.perf_counter() - t0
     epoch = recs[0]
     per_ckpt = sum(predict_eval_seconds(cost, n_test, 1.0, 1.0, cfg.eval.batch_size).values())
-    return Estimate(
-        label=label, epochs=cfg.data_epochs, n_train=n_train, n_test=n_test,
-        train_s_per_image=1.0 / max(epoch["time/images_per_s"], 1e-9),
-        epoch_eval_s=float(epoch.get("time/epoch_eval_s", 0.0)),
-        final_eval_s=per_ckpt * len(set(cfg.eval.checkpoints)),
-        probe_s=probe_s,
-    )
+    return Estimate(label=label, epochs=cfg.data_epochs, n_train=n_train, train_s_per_image=1.0 / max(epoch["time/images_per_s"], 1e-9),
+                    epoch_eval_s=float(epoch.get("time/epoch_eval_s", 0.0)), final_eval_s=per_ckpt * len(set(cfg.eval.checkpoints)))
 
 
 def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) -> tuple[list[Estimate], float | None, str | None]:

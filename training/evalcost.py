@@ -45,7 +45,6 @@ class EvalCost:
     fraction is ``"all"``, ``"clean"`` or ``"robust"``: which share of a batch that stage works on."""
 
     stages: dict[str, list[tuple[str, str, float, float]]] = field(default_factory=dict)
-    probe_s: float = 0.0
 
 
 def _sync(x: torch.Tensor) -> None:
@@ -75,14 +74,11 @@ def _plan(col: str, kwargs: dict[str, Any]) -> list[tuple[str, str, str, dict[st
         p = min(steps, PROBE_ITERS)
         # early stop: a point is dropped once fooled, so the steps go to the points that stay robust
         return [(col, "robust", attack, {**kw, "steps": p, "alpha": 0.0}, steps / max(p, 1))]
-    if attack in ("apgd_ce", "apgd_t", "fab_t"):
-        n = int(kw.get("n_iter", 100))
-        p = min(n, PROBE_ITERS)
-        return [(col, "clean", attack, {**kw, "n_iter": p}, n / max(p, 1))]
-    if attack == "square":
-        n = int(kw.get("n_queries", 5000))
-        p = min(n, PROBE_QUERIES)
-        return [(col, "clean", attack, {**kw, "n_queries": p}, n / max(p, 1))]
+    if attack in ("apgd_ce", "apgd_t", "fab_t", "square"):
+        key, full, cut = ("n_queries", 5000, PROBE_QUERIES) if attack == "square" else ("n_iter", 100, PROBE_ITERS)
+        n = int(kw.get(key, full))
+        p = min(n, cut)
+        return [(col, "clean", attack, {**kw, key: p}, n / max(p, 1))]
     if attack == "autoattack":
         n_iter, nq = int(kw.get("n_iter", 100)), int(kw.get("n_queries", 5000))
         tc = int(kw.get("n_target_classes", 9))
@@ -98,16 +94,9 @@ def _plan(col: str, kwargs: dict[str, Any]) -> list[tuple[str, str, str, dict[st
     raise ValueError(f"no cost model for attack {attack!r} (column {col})")
 
 
-def probe_eval_cost(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    *,
-    columns: Sequence[str],
-    eps_255: Sequence[float],
-    aa_kwargs: Mapping[str, Any] | None = None,
-    attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    points: int = PROBE_POINTS,
-) -> EvalCost:
+def probe_eval_cost(model: torch.nn.Module, x: torch.Tensor, *, columns: Sequence[str], eps_255: Sequence[float],
+                    aa_kwargs: Mapping[str, Any] | None = None, attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+                    points: int = PROBE_POINTS) -> EvalCost:
     """Measure the per-point cost of every entry of the evaluation (see the module docstring). ``x``: test images
     (the first ``points`` are used) on the model's device. The model's modes are restored afterwards."""
     from training.evaluate import eval_mode
@@ -116,7 +105,6 @@ def probe_eval_cost(
     cost = EvalCost()
     if xs.shape[0] == 0:
         return cost
-    t_all = time.perf_counter()
     with eval_mode(model):
         with torch.no_grad():
             ys = model(xs).argmax(1)  # the model's own labels: every point starts "correct"
@@ -136,7 +124,6 @@ def probe_eval_cost(
                 per_point.append((stage, frac, a * scale, b * scale))
             for e in eps_list:
                 cost.stages[column_key(col, e)] = list(per_point)
-    cost.probe_s = time.perf_counter() - t_all
     return cost
 
 
