@@ -65,24 +65,13 @@ def _check_adv(name: str, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> N
         raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
     dist = (x_adv - x).abs().max().item() if x.numel() else 0.0
     if dist > eps + _BALL_TOL or x_adv.min().item() < -_BALL_TOL or x_adv.max().item() > 1 + _BALL_TOL:
-        raise RuntimeError(
-            f"attack {name} left the threat model: max |x_adv - x| = {dist:.6g} (eps {eps:.6g}), "
-            f"range [{x_adv.min().item():.4g}, {x_adv.max().item():.4g}]"
-        )
+        raise RuntimeError(f"attack {name} left the threat model: max |x_adv - x| = {dist:.6g} (eps {eps:.6g}), "
+                           f"range [{x_adv.min().item():.4g}, {x_adv.max().item():.4g}]")
 
 
-def attack_accuracy(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack: str | Callable[..., torch.Tensor],
-    *,
-    eps: float,
-    batch_size: int = 500,
-    seed: int = 0,
-    on_batch: Callable[[int], None] | None = None,
-    **params: Any,
-) -> float:
+def attack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str | Callable[..., torch.Tensor], *,
+                    eps: float, batch_size: int = 500, seed: int = 0, on_batch: Callable[[int], None] | None = None,
+                    **params: Any) -> float:
     """Accuracy in [0,1] on ``attack(model, x, y, eps=eps, generator=g, **params)``, batched, in eval mode.
 
     ``attack`` is a registered name or the function itself; ``eps`` is in pixel units. One generator, seeded with
@@ -106,10 +95,8 @@ def attack_accuracy(
     return correct / x.shape[0]
 
 
-def _aa_columns(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int, seed: int,
-    kwargs: Mapping[str, Any], on_batch: Callable[[int], None] | None = None,
-) -> tuple[float, dict[str, float]]:
+def _aa_columns(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int, seed: int,
+                kwargs: Mapping[str, Any], on_batch: Callable[[int], None] | None = None) -> tuple[float, dict[str, float]]:
     """AutoAttack batch by batch; returns the final accuracy and the per-stage accuracies over all points."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     stages = tuple(kwargs.get("stages", STAGES))
@@ -128,20 +115,11 @@ def _aa_columns(
     return final / n, {s: c / n for s, c in correct.items()}
 
 
-def robustness_matrix(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    columns: Sequence[str] = DEFAULT_COLUMNS,
-    eps_255: Sequence[float] = (8,),
-    batch_size: int = 500,
-    seed: int = 0,
-    aa_kwargs: Mapping[str, Any] | None = None,
-    attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    progress: Callable[[str, float, float], None] | None = None,
-    on_batch: Callable[[str, int, int], None] | None = None,
-) -> dict[str, float]:
+def robustness_matrix(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, columns: Sequence[str] = DEFAULT_COLUMNS,
+                      eps_255: Sequence[float] = (8,), batch_size: int = 500, seed: int = 0, aa_kwargs: Mapping[str, Any] | None = None,
+                      attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+                      progress: Callable[[str, float, float], None] | None = None,
+                      on_batch: Callable[[str, int, int], None] | None = None) -> dict[str, float]:
     """The evaluation table for one model: every column of ``columns`` at every ε of ``eps_255``.
 
     Args:
