@@ -24,16 +24,8 @@ import torch.nn as nn
 
 from training.registry import ACTIVATIONS
 
-__all__ = [
-    "ACTIVATION_DEFAULT_ALPHA",
-    "PHASES",
-    "SMOOTH_GRAD_FOR",
-    "ReLUSoftplusGrad",
-    "SmoothReLU",
-    "current_phase",
-    "grad_phase",
-    "make_activation",
-]
+__all__ = ["ACTIVATION_DEFAULT_ALPHA", "PHASES", "SMOOTH_GRAD_FOR", "ReLUSoftplusGrad", "SmoothReLU", "current_phase",
+           "grad_phase", "make_activation"]
 
 # Shape parameter α of each activation (None: the activation has no parameter; passing alpha is an error).
 ACTIVATION_DEFAULT_ALPHA: dict[str, float | None] = {
@@ -127,10 +119,7 @@ class _ReLUSoftplusGradFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        if ctx.smooth:
-            grad_in = grad_out * torch.sigmoid(ctx.alpha * x)
-        else:
-            grad_in = grad_out * (x > 0).to(grad_out.dtype)
+        grad_in = grad_out * (torch.sigmoid(ctx.alpha * x) if ctx.smooth else (x > 0).to(grad_out.dtype))
         # Written with differentiable ops (no once_differentiable): double backprop (e.g. GradAlign) works.
         return grad_in, None, None
 
@@ -153,12 +142,7 @@ class ReLUSoftplusGrad(nn.Module):
         self.smooth_grad_for = smooth_grad_for
 
     def _smooth_now(self) -> bool:
-        phase = _PHASE
-        if phase == "attack":
-            return self.smooth_grad_for in ("attacker", "both")
-        if phase == "train":
-            return self.smooth_grad_for in ("optimizer", "both")
-        return False
+        return self.smooth_grad_for in {"attack": ("attacker", "both"), "train": ("optimizer", "both")}.get(_PHASE, ())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and x.requires_grad):
