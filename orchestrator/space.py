@@ -56,14 +56,10 @@ class Axis:
 
     def probe_values(self) -> list[Any]:
         """Values that validation builds a RunConfig for: every discrete value, or both ends of a range."""
-        if self.discrete:
-            return list(self.values)
-        return [self.low, self.high]
+        return list(self.values) if self.discrete else [self.low, self.high]
 
     def describe(self) -> str:
-        if self.discrete:
-            return f"{self.kind} {list(self.values)}"
-        return f"{self.kind} [{self.low}, {self.high}]"
+        return f"{self.kind} {list(self.values)}" if self.discrete else f"{self.kind} [{self.low}, {self.high}]"
 
 
 def grid_points(axes: list[Axis]) -> list[dict[str, Any]]:
@@ -92,7 +88,6 @@ def probe_points(axes: list[Axis]) -> list[dict[str, Any]]:
         for v in a.probe_values()[1:]:
             pts.append({**first, a.key: v})
     return pts
-
 
 
 def distinct_points(trials: Iterable[Any], axes: list[Axis]) -> list[dict[str, Any]]:
