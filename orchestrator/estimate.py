@@ -7,12 +7,9 @@ temporary folder. From its records:
 - training seconds per image   = 1 / ``time/images_per_s`` (method, model, batch size and device included);
 - per-epoch evaluation seconds  = ``time/epoch_eval_s`` (PGD on the fixed training batch and the validation
   split: the same size in the probe as in the trial);
-- final evaluation seconds      = ``training.evalcost``: every attack of ``eval.attacks`` timed for a few
-  iterations on a few test images that cannot be fooled (ε = 0, the model's own labels), scaled to the full
-  iteration counts and test set, for each evaluated checkpoint. A probe model is barely trained, so how many points
-  stay robust (what AutoAttack's cost depends on) is unknown here: the estimate assumes all of them do, an upper
-  bound (the run itself prints a tighter estimate from the trained model's validation accuracy before it
-  evaluates). Configs that differ only in training (``method.k``) share one evaluation probe.
+- final evaluation seconds      = ``training.evalcost`` for each evaluated checkpoint, assuming every point stays
+  robust: an upper bound, since a barely trained probe model cannot tell how many will (the run itself prints a
+  tighter estimate before it evaluates). Configs that differ only in training (``method.k``) share one probe.
 
 Bounded: the probes stop after ``BUDGET_S`` seconds (the configs not probed by then are estimated from the mean
 of those that were), and ``progress(text)`` is called before each probe.
@@ -32,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.config import RunConfig
+from training.metrics import eval_eps
 from orchestrator.space import distinct_points, trial_name
 
 PROBE_BATCHES = 4
@@ -92,8 +90,7 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
                                  smooth_grad_for=cfg.model.smooth_grad_for, width=cfg.model.width, mean=data.mean,
                                  std=data.std).to(device)
             model.load_state_dict(load_ckpt(f"{tmp}/last.pt", map_location=device)["model"])
-            eps = [cfg.threat.eps_255] + [e for e in cfg.eval.eps_255 if e != cfg.threat.eps_255]
-            cost = probe_eval_cost(model, data.test_x, columns=cfg.eval.attacks, eps_255=eps,
+            cost = probe_eval_cost(model, data.test_x, columns=cfg.eval.attacks, eps_255=eval_eps(cfg.threat.eps_255, cfg.eval.eps_255),
                                    aa_kwargs={"n_iter": cfg.eval.aa_n_iter, "n_queries": cfg.eval.aa_n_queries})
             if eval_cache is not None:
                 eval_cache[key] = cost

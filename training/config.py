@@ -36,8 +36,6 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {problem} (got {value!r})")
 
 
-# validation-split metrics a run can maximise to choose its `best` checkpoint
-EPOCH_METRICS_MAXIMISED = metrics.MAXIMISED
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 # --------------------------------------------------------------------------------------------- sections
@@ -108,7 +106,7 @@ class EvalConfig(Section):
     epoch_pgd_alpha_255: Float | None = None  # None: ε/4 (= 2/255 at ε = 8/255, the references' setting)
     train_batch_size: Int = field(256, gt=0)  # size of the fixed training batch checked every epoch
     # chooses the `best` checkpoint (a validation metric, maximised)
-    best_metric: Annotated[Str, one_of(EPOCH_METRICS_MAXIMISED, f"must be one of {', '.join(EPOCH_METRICS_MAXIMISED)}")] = "val/pgd_acc"
+    best_metric: Annotated[Str, one_of(metrics.MAXIMISED, f"must be one of {', '.join(metrics.MAXIMISED)}")] = "val/pgd_acc"
     # at the end: the robustness matrix on the test set, for each checkpoint in `checkpoints`
     attacks: tuple[Annotated[Str, known("attack", EVAL_COLUMNS)], ...] = ("clean", "fgsm", "pgd10", "pgd20", "pgd50", "cw", "apgd_ce", "aa")
     eps_255: tuple[Annotated[Float, field(..., ge=0, le=255)], ...] = ()  # extra test ε (the threat's ε is always evaluated)

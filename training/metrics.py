@@ -110,7 +110,7 @@ def final_keys(cfg: Any) -> set[str]:
     return names
 
 
-def table_columns(keys: set[str] | list[str], eps: str, thesis_only: bool = False) -> list[tuple[str, str]]:
+def table_columns(keys: set[str] | list[str], eps: str) -> list[tuple[str, str]]:
     """(label, column key) of the evaluation columns present in ``keys`` (``best/...``/``last/...`` stripped)
     at ε ``eps`` (an :func:`eps_tag`), thesis columns first, then the others, each group in table order."""
     have = {k.split("/", 1)[1] for k in keys if k.startswith(MATRIX_PREFIXES[:-1])}
@@ -118,7 +118,7 @@ def table_columns(keys: set[str] | list[str], eps: str, thesis_only: bool = Fals
     for thesis in (True, False):
         for col, (label, in_thesis) in COLUMNS.items():
             key = col if col == "clean" else column_key(col, float(eps)) if eps else None
-            if in_thesis == thesis and key in have and not (thesis_only and not in_thesis):
+            if in_thesis == thesis and key in have:
                 out.append((label, key))
     return out
 
