@@ -326,7 +326,6 @@ def plot_curves(gs: list[Group], out_dir: Path) -> Path | None:
     Colours and labels are those of the comparison figures; the legend goes below the panels."""
     plt = _plt()
     style = _styles(gs)
-    labels = dict(zip(map(id, gs), compact_labels(gs)))
     series: list[tuple[str, Any, dict[str, dict[int, list[float]]]]] = []
     for g in gs:
         acc: dict[str, dict[int, list[float]]] = {k: {} for k, _ in CURVE_KEYS}
@@ -336,7 +335,7 @@ def plot_curves(gs: list[Group], out_dir: Path) -> Path | None:
                     if is_finite(rec.get(k)):
                         acc[k].setdefault(int(rec["epoch"]), []).append(curve_scale(k) * float(rec[k]))
         if any(acc.values()):
-            series.append((labels[id(g)], style[id(g)][0], acc))
+            series.append((style[id(g)][2], style[id(g)][0], acc))
     if not series:
         return None
     width = 4 * len(CURVE_KEYS)
@@ -398,10 +397,10 @@ def main_columns(rows: list[dict[str, Any]], meta: dict[str, str]) -> tuple[str,
     return clean, f"{ck}/{name}", f"{labels[name]} ({ck} ckpt, ε = {eps}/255)"
 
 
-def _styles(gs: list[Group]) -> dict[int, tuple[Any, str]]:
-    """The same colour and marker for a group in every comparison figure."""
+def _styles(gs: list[Group]) -> dict[int, tuple[Any, str, str]]:
+    """The same colour, marker and label (:func:`compact_labels`) for a group in every comparison figure."""
     cmap = _cmap(len(gs))
-    return {id(g): (cmap(i % cmap.N), MARKERS[i % len(MARKERS)]) for i, g in enumerate(gs)}
+    return {id(g): (cmap(i % cmap.N), MARKERS[i % len(MARKERS)], lab) for i, (g, lab) in enumerate(zip(gs, compact_labels(gs)))}
 
 
 def _save(plt: Any, fig: Any, ax: Any, n_leg: int, path: Path) -> Path:
@@ -424,23 +423,22 @@ def plot_tradeoff(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, s
     pts: list[tuple[float, float]] = []
     names: list[str] = []
     style = _styles(gs)
-    labels = dict(zip(map(id, gs), compact_labels(gs)))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.6, 4.6))
     n_leg = 0
     co_pts: list[tuple[float, float]] = []
     for g in gs:
-        color, marker = style[id(g)]
+        color, marker, glabel = style[id(g)]
         mine = [(100 * r[clean], 100 * r[robust], r) for r in g.good() if is_finite(r.get(clean)) and is_finite(r.get(robust))]
         if not mine:
             continue
         ax.scatter([p[0] for p in mine], [p[1] for p in mine], color=color, marker=marker, s=28, alpha=0.55, lw=0)
         pts += [(x, y) for x, y, _ in mine]
-        names += [_trial_label(labels[id(g)], r) for _, _, r in mine]
+        names += [_trial_label(glabel, r) for _, _, r in mine]
         co_pts += [(x, y) for x, y, r in mine if r.get("outcome") == "catastrophic_overfitting"]
         sx, sy = g.stats(clean), g.stats(robust)
         ax.errorbar(100 * sx[0], 100 * sy[0], xerr=100 * sx[1], yerr=100 * sy[1], color=color, marker=marker, ms=9,
-                    mec="black", mew=0.8, capsize=3, lw=1, label=f"{labels[id(g)]} (n={sx[2]})")
+                    mec="black", mew=0.8, capsize=3, lw=1, label=f"{glabel} (n={sx[2]})")
         n_leg += 1
     if not pts:
         plt.close(fig)
@@ -509,14 +507,13 @@ def plot_robust_epochs(gs: list[Group], rows: list[dict[str, Any]], out_dir: Pat
     """Validation PGD accuracy per epoch, one line per trial (colour = group), catastrophic overfitting marked."""
     plt = _plt()
     style = _styles(gs)
-    labels = dict(zip(map(id, gs), compact_labels(gs)))
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
     n_lines = n_leg = 0
     co_x: list[float] = []
     co_y: list[float] = []
     max_epoch = 0
     for g in gs:
-        color, marker = style[id(g)]
+        color, marker, glabel = style[id(g)]
         labelled = False
         for j, r in enumerate(g.rows):
             recs = [rec for rec in trial_records(r) if is_finite(rec.get(key))]
@@ -526,7 +523,7 @@ def plot_robust_epochs(gs: list[Group], rows: list[dict[str, Any]], out_dir: Pat
             val = [100 * rec[key] for rec in recs]
             max_epoch = max(max_epoch, ep[-1])
             ax.plot(ep, val, color=color, lw=1.1, alpha=0.8, ls=("-", "--", ":", "-.")[j % 4], marker=marker, ms=2.5,
-                    label=None if labelled else labels[id(g)])
+                    label=None if labelled else glabel)
             labelled = True
             n_lines += 1
             co = {rec["epoch"] for rec in recs if rec.get("co/detected")}
@@ -575,7 +572,7 @@ def plot_time_to_threshold(gs: list[Group], rows: list[dict[str, Any]], out_dir:
     fig, ax = plt.subplots(figsize=(8.0, 0.9 + 0.42 * len(data) + 1.2))
     xmax = max(reached_all) * scale if reached_all else 1.0
     for i, (g, trials) in enumerate(data):
-        color, marker = style[id(g)]
+        color, marker, _ = style[id(g)]
         ts = [t for _, t in trials if t is not None]
         n, m = len(ts), len(trials)
         if ts:
@@ -590,8 +587,7 @@ def plot_time_to_threshold(gs: list[Group], rows: list[dict[str, Any]], out_dir:
         else:
             ax.text(0.01 * xmax, i, f"never reached ({m} trial{'s' if m > 1 else ''})", va="center", fontsize=7,
                     color="dimgray", style="italic")
-    labels = dict(zip(map(id, gs), compact_labels(gs)))
-    ax.set_yticks(range(len(data)), [labels[id(g)] for g, _ in data], fontsize=8)
+    ax.set_yticks(range(len(data)), [style[id(g)][2] for g, _ in data], fontsize=8)
     ax.set_ylim(len(data) - 0.5, -0.5)  # first group on top; rows without a bar keep their room
     ax.set_xlim(0, xmax * 1.45)
     ax.set_xlabel(f"training time until validation {_pgd_label(rows)} accuracy ≥ {100 * threshold:.1f}% ({unit}; "
