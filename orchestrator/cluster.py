@@ -1,20 +1,13 @@
 """Cluster helpers: validate ``cluster.yaml`` offline, start and stop a *local* Ray cluster (optionally one that
 autoscales with Ray's fake multi-node provider), watch its nodes, and submit a sweep as a Ray job.
 
-Why this module exists (``shared/spec/stack.md`` Q5 and Q7 are the evidence):
-
-- ``ray.cluster_utils.AutoscalingCluster`` is broken in the Ray 2.60 wheel (its ``example.yaml`` is not shipped)
-  and its ``start()``/``shutdown()`` run ``ray stop --force``, which kills **every** Ray process on the machine,
-  including other people's. So we never call it, and never run ``ray stop``. :func:`start_local_cluster` runs
-  ``ray start --head --block`` in a **new session** (``setsid``) with its own ``--temp-dir``; every process Ray
-  starts for that cluster (GCS, raylet, monitor, the fake worker nodes the autoscaler launches, trial workers)
-  stays in that session, and :meth:`LocalCluster.stop` signals exactly those PIDs (SIGTERM, then SIGKILL after a
-  grace period: ``gcs_server``, ``raylet`` and ``monitor.py`` ignore SIGTERM).
-- Token authentication: ``ray start`` turns it on by default and writes ``~/.ray/auth_token``, a file shared with
-  everyone on the machine. A local cluster here gets its own random token through ``RAY_AUTH_TOKEN`` (nothing is
-  written under ``~/.ray``); :attr:`LocalCluster.env` is what a client process needs to connect.
-- ``ray.autoscaler._private.util.validate_config`` on the raw YAML fails with a misleading
-  "Missing 'cluster_synced_files'" error; ``prepare_config`` first fills the provider defaults.
+Why not Ray's own helpers (``shared/spec/stack.md`` Q5 and Q7, ``docs/cluster.md``): ``ray.cluster_utils.AutoscalingCluster``
+is broken in the Ray 2.60 wheel (its ``example.yaml`` is not shipped) and runs ``ray stop --force``, which kills
+**every** Ray process on the machine, including other people's. So we never call it and never run ``ray stop``: a
+local cluster runs in a session of its own (``setsid``) with its own ``--temp-dir``, and :meth:`LocalCluster.stop`
+signals exactly its processes (SIGTERM, then SIGKILL: ``gcs_server``, ``raylet`` and ``monitor.py`` ignore SIGTERM).
+``ray start`` would also write its auth token to ``~/.ray/auth_token``, a file shared with everyone on the machine;
+each cluster here gets its own through ``RAY_AUTH_TOKEN`` (:attr:`LocalCluster.env`: what a client needs).
 
 The command line is ``orch cluster`` (``orchestrator/cli.py``; trying autoscaling by hand: ``docs/cluster.md``).
 Nothing here imports Ray at module import time, so importing it is cheap and cannot flip Ray's auth settings.

@@ -1,19 +1,12 @@
 """The sweep file: ``load_spec(path, profile=..., sets=...) -> SweepSpec``, with ALL validation before Ray starts.
 
-A sweep file is YAML (format: ``sweeps/README.md``). Loading it:
-
-1. parses it with a safe loader that also records the line of every key (and refuses duplicate keys, which
-   PyYAML silently keeps the last of) and reads ``1e-3`` as a number (YAML 1.1 reads it as a string);
-2. overlays the chosen profile (``profiles.<name>``, deep-merged: mappings merge, anything else replaces) and
-   the ``--set key=value`` overrides, remembering where every value came from;
-3. checks the structure (pydantic, strict: unknown keys, wrong types), the axes (empty, lo > hi, log of <= 0,
-   a continuous axis in a grid), the search (num_samples, metric/mode, ASHA's epoch metric) and the size
-   (more than ``MAX_TRIALS_WITHOUT_YES`` trials needs ``--yes``);
-4. builds the training core's ``RunConfig`` for every trial (grid, random) or for the probe points of a
-   sampled space (optuna: every choice and both ends of every range), so an unknown model, method, dataset,
-   activation or attack, or a method parameter out of range, is refused now, not an hour into the sweep;
-   ``ConfigError.key`` is mapped back to the line of the sweep file (the axis or the ``base`` key);
-5. checks that ``metric`` is produced by every trial.
+A sweep file is YAML; its format and rules (profiles, ``--set``, axes, search, ``metric``) are in
+``sweeps/README.md``. Loading parses it recording the line of every key (duplicate keys, which PyYAML silently
+keeps the last of, are refused), overlays the profile and the ``--set`` overrides remembering where every value
+came from, checks the structure (pydantic, strict), the axes, the search and the size, then builds the training
+core's ``RunConfig`` for every trial (or for the probe points of a sampled space: every choice and both ends of
+every range), so an unknown model, method, dataset, activation or attack, or a method parameter out of range, is
+refused now, not an hour into the sweep, and checks that ``metric`` is produced by every trial.
 
 Every problem becomes a :class:`SpecError` naming the file, line, key and value; all of them are collected and
 raised together as :class:`SpecErrors`. The CLI prints them and exits with code 2. Nothing is written and
