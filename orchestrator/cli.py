@@ -110,9 +110,6 @@ def _bad_input(e: SpecErrors) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-# ============================================================================================ sweep
-
-
 @app.command()
 def sweep(
     file: Annotated[Path, typer.Argument(help="The sweep file (YAML; format in sweeps/README.md).")],
@@ -359,9 +356,6 @@ def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
                   f"robust; each trial prints a tighter estimate before it evaluates.", highlight=False)
 
 
-# ============================================================================================ validate
-
-
 @app.command()
 def validate(
     file: Annotated[Path, typer.Argument(help="The sweep file.")],
@@ -373,9 +367,6 @@ def validate(
     spec = _load(file, profile, set_, yes)
     kind = f"{len(spec.trials)} trials" if spec.trials else f"{spec.num_trials} trials ({spec.search.algorithm}, {spec.search.num_samples} configs x {len(spec.seeds)} seeds)"
     console.print(f"[green]ok[/]: {spec.name}: {kind}, epochs {', '.join(map(str, spec.epochs))}", highlight=False)
-
-
-# ============================================================================================ report
 
 
 def _resolve_sweep_dir(target: Path, profile: str | None, data_dir_: Path | None) -> Path:
@@ -413,9 +404,6 @@ def report(
     if rep.get("threshold") is not None:
         console.print(f"time to threshold: validation PGD accuracy >= {100 * rep['threshold']:.1f}% "
                       "(--threshold to change)", highlight=False)
-
-
-# ============================================================================================ ui
 
 
 @app.command()
@@ -463,9 +451,6 @@ def ui(
         else:
             console.print("  no trial runs in it yet", **say)
     mlflow_ui.serve(db, host, port)
-
-
-# ============================================================================================ train
 
 
 @app.command()
@@ -575,9 +560,6 @@ def _new_run_dir(name: str) -> str:
 def _latest_run_hint() -> str:
     runs = sorted((p for p in RUNS_DIR.glob("*") if (p / "last.pt").exists()), key=lambda p: p.stat().st_mtime) if RUNS_DIR.is_dir() else []
     return f"; the latest run here is --out-dir {shlex.quote(str(runs[-1]))}" if runs else ""
-
-
-# ============================================================================================ cluster
 
 
 cluster_app = typer.Typer(help="Local Ray clusters for trying autoscaling by hand, and the cluster.yaml check (docs/cluster.md).",

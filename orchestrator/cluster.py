@@ -38,9 +38,6 @@ FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider names the head node typ
 STATE_FILE = "orch_cluster.json"  # in the cluster's temp dir: its address and session id (for `down`)
 
 
-# ============================================================================================ cluster.yaml
-
-
 def load_cluster_yaml(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
@@ -66,9 +63,6 @@ def validate_cluster_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     prepared = prepare_config(copy.deepcopy(dict(cfg)))
     validate_config(prepared)
     return prepared
-
-
-# ============================================================================================ local cluster
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -306,9 +300,6 @@ def stop_local_cluster(temp_dir: str | os.PathLike, grace_s: float = 5.0) -> dic
     return LocalCluster(state["address"], tmp, int(state["sid"]), {}).stop(grace_s=grace_s)
 
 
-# ------------------------------------------------------------------ process discovery (Linux /proc)
-
-
 def _proc_stat(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -388,9 +379,6 @@ def _signal_all(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-# ============================================================================================ watching nodes
-
-
 def alive_nodes(address: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """Alive nodes of the cluster at ``address`` (run in a process whose env has the cluster's auth settings)."""
     from ray._raylet import GcsClient
@@ -424,9 +412,6 @@ def watch(address: str, interval_s: float = 1.0, duration_s: float | None = None
             print(json.dumps({"t": round(time.monotonic() - t0, 2), "wall": round(time.time(), 2), **state}), file=out, flush=True)
             last = state
         time.sleep(interval_s)
-
-
-# ============================================================================================ Ray jobs
 
 
 def has_ray_default() -> bool:

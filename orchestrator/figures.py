@@ -30,9 +30,6 @@ def write_figures(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, s
     return written + ([p] if p else []), used
 
 
-# ------------------------------------------------------------------------------------------ labels and axes
-
-
 def varying_keys(gs: list[Group]) -> list[str]:
     """The swept keys that take more than one value across the groups. A key swept over a single value
     (``model.name: [small_cnn]`` next to the real axes) is a constant: it gets no plot of its own and splits no
@@ -135,9 +132,6 @@ def param_series(gs: list[Group], p: str, keys: list[str] | None = None) -> tupl
         others.setdefault(value_key({k: g.values[k] for k in keys if k != p}), []).append(g)
     single = all(len({value_key(g.values[p]) for g in grp}) < 2 for grp in others.values())
     return others, len(others) > MAX_LINES or single
-
-
-# ---------------------------------------------------------------------------------------------------- plots
 
 
 def _plt():

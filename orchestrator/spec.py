@@ -39,9 +39,6 @@ NO_PROFILE = "none"  # `--profile none`: the file without any overlay
 RESERVED_RUN_KEYS = ("out_dir", "name", "seed")
 
 
-# --------------------------------------------------------------------------------------------- errors
-
-
 @dataclass
 class SpecError(Exception):
     """One problem in a sweep file. ``where`` is ``file:line`` or ``--set key=value``."""
@@ -74,9 +71,6 @@ def _show(v: Any) -> str:
         return ""
     s = json.dumps(v, default=str) if not isinstance(v, str) else repr(v)
     return s if len(s) <= 80 else s[:77] + "..."
-
-
-# --------------------------------------------------------------------------------------------- YAML with lines
 
 
 # Hostile input is refused while loading, in well under a second, before anything walks the document: a sweep
@@ -255,9 +249,6 @@ def _deep_merge(base: Any, over: Any) -> Any:
     return over
 
 
-# --------------------------------------------------------------------------------------------- structure
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -326,9 +317,6 @@ def _pydantic_errors(err: ValidationError, origins: _Origins) -> list[SpecError]
             problem = e["msg"]
         out.append(origins.error(path, value, problem))
     return out
-
-
-# --------------------------------------------------------------------------------------------- the result
 
 
 @dataclass
@@ -402,9 +390,6 @@ def trial_key(sweep_name: str, swept: Mapping[str, Any], seed: int, extra: Any =
     repeat (the sample index of a random search, the Optuna trial number)."""
     payload = json.dumps([sweep_name, swept, seed, extra], sort_keys=True, default=str)
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
-
-
-# --------------------------------------------------------------------------------------------- loading
 
 
 def load_spec(path: str | Path, *, profile: str | None = None, sets: list[str] | tuple[str, ...] = (), yes: bool = False,
@@ -756,9 +741,6 @@ def tracking_uri_problem(uri: str) -> str | None:
     if uri.startswith("/"):
         return None
     return "expected http(s)://host:port, sqlite:////abs/path.db or an absolute path"
-
-
-# --------------------------------------------------------------------------------------------- run configs
 
 
 def _config_error(spec: SweepSpec, origins: _Origins, e: Any, swept: Mapping[str, Any], label: str) -> SpecError:

@@ -39,9 +39,6 @@ ACTIVATION_DEFAULT_ALPHA: dict[str, float | None] = {
     "relu_softplus_grad": 10.0,  # α of the sigmoid(αx) surrogate gradient
 }
 
-# ----------------------------------------------------------------------------------------------------------------
-# Gradient phase
-
 PHASES = ("attack", "train", "eval")
 SMOOTH_GRAD_FOR = ("attacker", "optimizer", "both", "none")
 
@@ -73,10 +70,6 @@ def grad_phase(phase: str) -> Iterator[None]:
         yield
     finally:
         _PHASE = previous
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Modules
 
 
 class SmoothReLU(nn.Module):
@@ -153,10 +146,7 @@ class ReLUSoftplusGrad(nn.Module):
         return f"alpha={self.alpha:g}, smooth_grad_for={self.smooth_grad_for!r}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Registry entries: factories returning a fresh module. Parametrised ones take ``alpha``.
-
-
 @ACTIVATIONS.register("relu")
 def _relu() -> nn.Module:
     return nn.ReLU()

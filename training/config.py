@@ -38,9 +38,6 @@ class ConfigError(ValueError):
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
-# --------------------------------------------------------------------------------------------- sections
-
-
 class DataConfig(Section):
     name: Annotated[Str, known("dataset", DATASETS)] = "digits"
     root: Str = "~/.cache/orch/data"  # where torchvision datasets / image folders live
@@ -253,9 +250,6 @@ EVAL_SETTINGS: dict[str, dict[str, Any]] = {
     # a few seconds: clean and PGD-10/20 on 500 test images
     "quick": {"attacks": ["clean", "pgd10", "pgd20"], "subset": 500},
 }
-
-
-# --------------------------------------------------------------------------------------------- helpers
 
 
 def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:

@@ -56,9 +56,6 @@ class Data:
         return self
 
 
-# ------------------------------------------------------------------------------------------ batching
-
-
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
     n, c, h, w = x.shape
@@ -126,9 +123,6 @@ def make_train_loader(data: Data, cfg: DataConfig, batch_size: int, seed: int, d
     return TensorLoader(data.train_x, data.train_y, batch_size, seed=seed, augment=cfg.augment, padding=padding, flip=cfg.flip)
 
 
-# ------------------------------------------------------------------------------------------ helpers
-
-
 def _split_val(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
     """Hold ``val_size`` images out of the training set (a fixed seeded permutation, as Rice et al.)."""
     if val_size >= len(y):
@@ -175,9 +169,6 @@ def _finish(cfg: DataConfig, train_x, train_y, test_x, test_y, num_classes: int,
         mean = tuple(tx.mean(dim=(0, 2, 3)).tolist())
         std = tuple(tx.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
     return Data(tx, ty, vx, vy, test_x, test_y, num_classes, c, train_x.shape[-1], tuple(mean), tuple(std))
-
-
-# ------------------------------------------------------------------------------------------ datasets
 
 
 @DATASETS.register("digits")

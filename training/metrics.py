@@ -17,8 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-# ------------------------------------------------------------------------------------------- epoch records
-
 # Every epoch record (one line of metrics.jsonl, one result reported to Tune) has these keys, plus the method's
 # own counters as ``method/<name>`` (FGSM-SDI: ``method/gen_steps``).
 EPOCH_KEYS = (
@@ -42,8 +40,6 @@ def curve_scale(key: str) -> float:
     """100 for an accuracy (drawn in %), 1 otherwise."""
     return 100.0 if key.endswith("acc") else 1.0
 
-
-# ------------------------------------------------------------------------------------------- final record
 
 # the final evaluation's columns, in the order of the thesis's tables: name -> (label, in the thesis's table).
 # A new column: its attack preset in training/attacks/presets.py and one line here.
@@ -122,8 +118,6 @@ def table_columns(keys: set[str] | list[str], eps: str) -> list[tuple[str, str]]
                 out.append((label, key))
     return out
 
-
-# ------------------------------------------------------------------------------------------- a run folder
 
 METRICS_FILE = "metrics.jsonl"  # one epoch record per line, appended as the run goes
 RESULTS_FILE = "results.json"  # {"config", "final", "epochs"}, written at the end

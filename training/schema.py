@@ -31,7 +31,6 @@ ACTIVATIONS = ("celu", "elu", "gelu", "relu", "relu_softplus_grad", "silu", "smo
 # the evaluation columns, in the order of ``training.attacks.presets.EVAL_PRESETS``
 EVAL_COLUMNS = tuple(metrics.COLUMNS)  # the final evaluation's columns (training/metrics.py names and labels them)
 
-# --------------------------------------------------------------------------------------------- value types
 # strict: no implicit conversion ("3" is not 3, true is not 1), except int -> float widening; floats are finite
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict(), AllowInfNan(False)]
@@ -68,7 +67,6 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-# --------------------------------------------------------------------------------------------- method parameters
 Alpha255 = Annotated[Float, Field(gt=0)] | None  # step size in /255 units (None: the method's default)
 
 

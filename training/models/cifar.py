@@ -31,10 +31,6 @@ def _stage(block: type[nn.Module], in_planes: int, planes: int, n: int, stride: 
     return nn.Sequential(*[block(in_planes if i == 0 else planes, planes, stride if i == 0 else 1, act) for i in range(n)])
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# small_cnn
-
-
 class SmallCNN(nn.Module):
     """conv3×3-BN-act (w) → max-pool 2 → conv3×3-BN-act (2w) → adaptive avg-pool 2×2 → linear.
 
@@ -66,10 +62,6 @@ def small_cnn(s: NetSpec) -> nn.Module:
     if s.image_size < 2:
         raise ValueError(f"small_cnn needs image_size ≥ 2, got {s.image_size}")
     return SmallCNN(s.in_channels, s.num_classes, 32 if s.width is None else s.width, s.act())
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# preact_resnet18 (Wong et al.)
 
 
 class PreActBlock(nn.Module):
@@ -122,10 +114,6 @@ def preact_resnet18(s: NetSpec) -> nn.Module:
     return PreActResNet([2, 2, 2, 2], s.in_channels, s.num_classes, 64 if s.width is None else s.width, s.act())
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# resnet18 (FGSM-SDI models/resnet.py, kuangliu style)
-
-
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, act: ActFactory) -> None:
         super().__init__()
@@ -168,10 +156,6 @@ class ResNetCifar(nn.Module):
 def resnet18(s: NetSpec) -> nn.Module:
     s.check()
     return ResNetCifar([2, 2, 2, 2], s.in_channels, s.num_classes, 64 if s.width is None else s.width, s.act())
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# wrn34_10 (WideResNet, TRADES / robust-overfitting code)
 
 
 class WideBasic(nn.Module):
