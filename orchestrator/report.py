@@ -1,9 +1,5 @@
 """``orch report``: results.parquet -> the thesis-style table (:mod:`orchestrator.table`: mean ± std over seeds,
-Markdown, CSV, differences from a baseline row) and the figures (:mod:`orchestrator.figures`).
-
-Files written to ``<sweep>/report/``: ``table.md``, ``table.csv`` (mean and std of every final column per group
-and checkpoint) and the figures that :func:`orchestrator.figures.write_figures` lists.
-"""
+Markdown, CSV, differences from a baseline row) and the figures (:mod:`orchestrator.figures`)."""
 from __future__ import annotations
 
 from pathlib import Path

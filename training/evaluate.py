@@ -123,8 +123,7 @@ def robustness_matrix(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     """The evaluation table for one model: every column of ``columns`` at every ε of ``eps_255``.
 
     Args:
-        columns: names from ``EVAL_PRESETS`` (``clean``, ``fgsm``, ``pgd10``, ``pgd20``, ``pgd50``, ``cw``,
-            ``apgd_ce``, ``apgd_t``, ``fab_t``, ``square``, ``aa``); an unknown name raises ``ValueError``.
+        columns: names from ``EVAL_PRESETS``; an unknown name raises ``ValueError``.
         eps_255: threat-model radii in 1/255 units (``eps = eps_255 / 255``).
         batch_size: points attacked at once (500 in the protocol).
         seed: seeds a fresh generator for every (column, ε).

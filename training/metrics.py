@@ -1,15 +1,10 @@
 """The run schema: every number a run reports, how it is spelled, and the one reader of a run folder's epochs.
-
-Every other module asks here (the loop writing records, the sweep check of ``metric:``, MLflow logging, the
-Parquet columns, the live view, the report's table), so a new epoch metric or evaluation column is added in
-this file (plus, for a column, its attack preset in ``training/attacks/presets.py``).
+Every other module asks here (adding a metric or a column: ``docs/architecture.md``). Torch-free.
 
 Spelling: one name per number, the same in a sweep file, ``results.parquet``, MLflow and the report. An
 accuracy under attack at ε = 8/255 is ``pgd10_eps8`` (``best/pgd10_eps8`` for the best checkpoint). MLflow
 refuses ``@`` in metric names, so the old spelling ``pgd10@8`` is only accepted on the way in (a sweep file's
 ``metric:``, a results.parquet written before) and rewritten by :func:`canonical`.
-
-Torch-free: ``orch validate`` and the driver import it without loading PyTorch.
 """
 from __future__ import annotations
 
