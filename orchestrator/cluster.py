@@ -49,13 +49,10 @@ def load_cluster_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def validate_cluster_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a ``ray up`` config offline against Ray's own schema and checks; return the prepared config.
-
-    ``prepare_config`` merges the provider's ``defaults.yaml`` (without it ``validate_config`` fails with a
-    misleading version error), then ``validate_config`` runs the JSON schema ``ray/autoscaler/ray-schema.json``
-    plus Ray's extra checks (unknown ``head_node_type``, ``min_workers`` above ``max_workers``, ...).
-    Raises ``jsonschema.ValidationError`` or ``ValueError``. No network access, no cloud credentials.
-    """
+    """Validate a ``ray up`` config offline against Ray's own schema and checks (``ray-schema.json``, unknown
+    ``head_node_type``, ``min_workers`` above ``max_workers``, ...); return the prepared config. ``prepare_config``
+    first merges the provider's defaults: without them ``validate_config`` fails with a misleading error. Raises
+    ``jsonschema.ValidationError`` or ``ValueError``. No network access, no cloud credentials."""
     import copy
 
     from ray.autoscaler._private.util import prepare_config, validate_config
@@ -119,14 +116,8 @@ def fake_autoscaling_config(gcs_address: str, *, worker_resources: Mapping[str, 
         "file_mounts": {},
         "cluster_synced_files": [],
         "file_mounts_sync_continuously": False,
-        "rsync_exclude": [],
-        "rsync_filter": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
+        **{k: [] for k in ("rsync_exclude", "rsync_filter", "initialization_commands", "setup_commands", "head_setup_commands",
+                           "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")},  # none: the nodes are local
     }
 
 
@@ -423,13 +414,9 @@ def has_ray_default() -> bool:
 
 def sweep_job_command(dashboard_url: str, sweep_file: str, *orch_args: str, working_dir: str | None = None,
                       python: str | None = None, submission_id: str | None = None, no_wait: bool = False) -> list[str]:
-    """argv of ``ray job submit`` that runs ``orch sweep SWEEP_FILE --address auto ORCH_ARGS`` as a Ray job.
-
-    The job's driver runs on the head (it survives your laptop disconnecting); ``--address auto`` joins the
-    cluster the job runs in. ``working_dir`` (uploaded with the job, e.g. your ``sweeps/`` folder) becomes the
-    driver's current directory, so ``sweep_file`` is relative to it. Only the cluster needs ``ray[default]``: the
-    ``ray job submit`` client works with ``ray[tune]`` alone. ``python``: the interpreter on the head that has orch
-    (default ``python``, the head's active environment).
+    """argv of ``ray job submit`` that runs ``orch sweep SWEEP_FILE --address auto ORCH_ARGS`` as a Ray job (why, and
+    what the head needs: ``docs/cluster.md``, "Run a sweep"). ``sweep_file`` is relative to ``working_dir`` (uploaded
+    with the job); ``python``: the interpreter on the head that has orch (default ``python``, its active environment).
     """
     argv = [*_ray_cmd(), "job", "submit", "--address", dashboard_url]
     if working_dir:
