@@ -40,14 +40,9 @@ from typer.core import TyperOption  # noqa: E402
 _option_type_rich = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type_rich  # type: ignore[method-assign]
 
-app = typer.Typer(
-    name="orch",
-    help="Sweep orchestrator for adversarial-robustness research (Ray Tune + MLflow + Optuna + Arrow).",
-    rich_markup_mode="rich",
-    no_args_is_help=True,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+app = typer.Typer(name="orch", help="Sweep orchestrator for adversarial-robustness research (Ray Tune + MLflow + Optuna + Arrow).",
+                  rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 console = Console()
 err_console = Console(stderr=True)
 

@@ -146,11 +146,8 @@ def _check_expansion(root: yaml.Node) -> None:
         stack.extend((c, False) for c in kids)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 Path_ = tuple  # a path into the document: ("axes", "method.k", 0)
@@ -188,9 +185,8 @@ def parse_yaml(text: str, where: str) -> tuple[Any, dict[Path_, int]]:
         dups: list[tuple[Path_, int]] = []
         _walk(node, (), lines, dups)
         if dups:
-            raise SpecErrors(
-                [SpecError(f"{where}:{ln}", _dotted(p), _MISSING, "duplicate key (YAML would silently keep the last one)", ln) for p, ln in dups]
-            )
+            raise SpecErrors([SpecError(f"{where}:{ln}", _dotted(p), _MISSING, "duplicate key (YAML would silently keep the last one)", ln)
+                              for p, ln in dups])
         return loader.construct_document(node), lines
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
