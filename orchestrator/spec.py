@@ -580,20 +580,11 @@ def _apply_set(doc: dict[str, Any], text: str, origins: _Origins) -> tuple[Path_
         hint = f"; did you mean base.{key}?" if parts[0] not in SweepFile.model_fields else ""
         raise SpecError(where, key, value, f"unknown sweep key '{parts[0]}'; known: {', '.join(k for k in SweepFile.model_fields if k not in ('profiles', 'default_profile'))}{hint}")
     path: Path_ = ("axes", ".".join(parts[1:])) if parts[0] == "axes" and len(parts) > 1 else tuple(parts)
-    cur: Any = doc
-    for p in path[:-1]:
-        nxt = cur.get(p) if isinstance(cur, dict) else None
-        if nxt is None:
-            nxt = {}
-            cur[p] = nxt
-        if not isinstance(nxt, dict):
-            raise SpecError(where, key, value, f"'{p}' is not a section")
-        cur = nxt
-    cur[path[-1]] = value
-    origins.map[path] = (where, None)
-    for p in list(origins.map):
-        if len(p) > len(path) and p[: len(path)] == path:
-            origins.map[p] = (where, None)
+    try:
+        set_dotted(doc, path, value)
+    except ConfigError as e:
+        raise SpecError(where, key, value, e.problem) from None
+    origins.map.update({p: (where, None) for p in [path, *origins.map] if p[:len(path)] == path})  # the value and all below it
     return path, value
 
 
@@ -728,14 +719,12 @@ def _parse_axes(raw: Mapping[str, Any], origins: _Origins, errors: list[SpecErro
 
 def tracking_uri_problem(uri: str) -> str | None:
     """Why a tracking URI can't work, or None. Relative paths are refused: Ray trials run elsewhere (stack.md Q3)."""
-    if uri.startswith(("http://", "https://", "databricks")):
+    if uri.startswith(("http://", "https://", "databricks", "/")):
         return None
     if uri.startswith("sqlite:///"):
         return None if uri.startswith("sqlite:////") else "use an absolute path: sqlite:////abs/path/mlflow.db"
     if uri.startswith("file:"):
         return None if uri.startswith("file:///") else "use an absolute file:///path"
-    if uri.startswith("/"):
-        return None
     return "expected http(s)://host:port, sqlite:////abs/path.db or an absolute path"
 
 

@@ -252,18 +252,17 @@ EVAL_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    """``set_dotted(d, "method.k", 10)``; creates intermediate dicts."""
-    parts = key.split(".")
+def set_dotted(d: dict[str, Any], key: str | tuple[str, ...], value: Any) -> None:
+    """``set_dotted(d, "method.k", 10)`` (or a path of keys: ``("axes", "method.k")``); creates intermediate dicts
+    where a key is missing or None."""
+    parts = key.split(".") if isinstance(key, str) else key
     cur = d
     for p in parts[:-1]:
-        nxt = cur.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {} if nxt is None else nxt
-            if not isinstance(nxt, dict):
-                raise ConfigError(key, value, f"'{p}' is not a section")
-            cur[p] = nxt
-        cur = nxt
+        if cur.get(p) is None:
+            cur[p] = {}
+        if not isinstance(cur[p], dict):
+            raise ConfigError(".".join(parts), value, f"'{p}' is not a section")
+        cur = cur[p]
     cur[parts[-1]] = value
 
 
