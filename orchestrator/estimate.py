@@ -71,7 +71,7 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
     cfg = RunConfig.from_dict(run_dict)
     torch.set_num_threads(1)
     data = load_data(cfg.data)
-    n_train = len(data.train_y) if data.train_y is not None else len(data.train_dataset)
+    n_train = data.n_train
     n_test = len(data.test_y) if cfg.eval.subset is None else min(cfg.eval.subset, len(data.test_y))
     with tempfile.TemporaryDirectory(prefix="orch-probe-") as tmp:
         d = json.loads(json.dumps(run_dict))
@@ -124,8 +124,4 @@ def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) 
         except Exception as e:  # noqa: BLE001 - dataset not available here, out of memory, ...
             return ests, None, f"{type(e).__name__}: {e}"
     mean_trial = sum(e.trial_s for e in ests) / len(ests)
-    if spec.trials:
-        total = mean_trial * spec.num_trials
-    else:
-        total = mean_trial * per_point_trials * total_points
-    return ests, total, None
+    return ests, mean_trial * spec.num_trials if spec.trials else mean_trial * per_point_trials * total_points, None

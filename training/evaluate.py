@@ -169,8 +169,7 @@ def robustness_matrix(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
                 eps = float(e255) / 255
                 kw = dict(kwargs)
                 if "alpha_rel" in kw:  # step size relative to ε (presets.py); an explicit alpha wins
-                    rel = kw.pop("alpha_rel")
-                    kw.setdefault("alpha", rel * eps)
+                    kw.setdefault("alpha", kw.pop("alpha_rel") * eps)
                 hook = None
                 if on_batch is not None:
                     on_batch(key, 0, x.shape[0])
