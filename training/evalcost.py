@@ -52,14 +52,6 @@ def _sync(x: torch.Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
-def _timed(fn, x: torch.Tensor) -> float:
-    _sync(x)
-    t0 = time.perf_counter()
-    fn()
-    _sync(x)
-    return time.perf_counter() - t0
-
-
 def _plan(col: str, kwargs: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any], float]]:
     """``(stage, fraction, attack, probe kwargs, scale)`` for one column: the probe runs ``attack`` with the probe
     kwargs; its time x scale is the full column's cost on the same points."""
@@ -129,17 +121,17 @@ def probe_eval_cost(model: torch.nn.Module, x: torch.Tensor, *, columns: Sequenc
 
 def _fit(model: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, attack: str, kw: dict[str, Any]) -> tuple[float, float]:
     """(seconds per call, seconds per point) of one probe call, from timing it on a quarter and on all of ``xs``."""
-    def call(n: int) -> float:
-        if not attack:
-            def fn() -> None:
-                with torch.no_grad():
-                    model(xs[:n])
+    def call(n: int) -> float:  # seconds of one call on the first n points (the clean forward when no attack)
+        gen = torch.Generator(device=xs.device).manual_seed(0)
+        _sync(xs)
+        t0 = time.perf_counter()
+        if attack:
+            ATTACKS.get(attack)(model, xs[:n], ys[:n], eps=0.0, generator=gen, **kw)
         else:
-            gen = torch.Generator(device=xs.device).manual_seed(0)
-
-            def fn() -> None:
-                ATTACKS.get(attack)(model, xs[:n], ys[:n], eps=0.0, generator=gen, **kw)
-        return _timed(fn, xs)
+            with torch.no_grad():
+                model(xs[:n])
+        _sync(xs)
+        return time.perf_counter() - t0
 
     n2 = xs.shape[0]
     n1 = max(1, n2 // 4)
