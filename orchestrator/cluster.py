@@ -210,13 +210,6 @@ class LocalCluster:
         self.stopped = True
         return report
 
-    def __enter__(self) -> "LocalCluster":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if not self.stopped:
-            self.stop()
-
 
 def start_local_cluster(*, num_cpus: float = 0, num_gpus: float = 0, fake_worker: Mapping[str, Any] | None = None,
                         dashboard: bool = False, timeout_s: float = 90.0) -> LocalCluster:
