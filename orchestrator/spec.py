@@ -90,10 +90,8 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader (no tags that build objects, nothing evaluated) that reads ``1e-3`` as a float and refuses
     documents nested deeper than ``MAX_DEPTH`` or with more than ``MAX_NODES`` values while composing them."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._nodes = 0
+    _depth = 0  # per loader: the first += makes them instance attributes
+    _nodes = 0
 
     def fetch_flow_collection_start(self, token_class: Any) -> None:
         # the scanner looks up to 1024 characters ahead with a cost that grows with the flow level, so
@@ -476,7 +474,7 @@ def load_spec(path: str | Path, *, profile: str | None = None, sets: list[str] |
                     set_dotted(d, k, json.loads(json.dumps(v)))
             except ConfigError:
                 pass  # a section that is not one: reported by the full check once the structure is right
-            errors += [_config_error(None, origins, e, point, "") for e in config_problems(d)[1]]
+            errors += [_config_error(origins, e, point, "") for e in config_problems(d)[1]]
         raise SpecErrors(errors) from None
     errors = []
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", model.name) or ".." in model.name:
@@ -559,7 +557,7 @@ def load_spec(path: str | Path, *, profile: str | None = None, sets: list[str] |
         origins=origins,
     )
     if check_configs:
-        _check_run_configs(spec, origins)
+        _check_run_configs(spec)
     return spec
 
 
@@ -728,7 +726,7 @@ def tracking_uri_problem(uri: str) -> str | None:
     return "expected http(s)://host:port, sqlite:////abs/path.db or an absolute path"
 
 
-def _config_error(spec: SweepSpec, origins: _Origins, e: Any, swept: Mapping[str, Any], label: str) -> SpecError:
+def _config_error(origins: _Origins, e: Any, swept: Mapping[str, Any], label: str) -> SpecError:
     """Map a training ConfigError (dotted RunConfig key, ``method.k``) back to where the value came from in the sweep
     file: the axis that sets it, else the ``base`` key, through the same ``origins`` as the sweep file's own errors."""
     key = re.sub(r"\[\d+\]$", "", e.key)
@@ -768,7 +766,7 @@ def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]
     return None, errs
 
 
-def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
+def _check_run_configs(spec: SweepSpec) -> None:
     """Build the RunConfig of every trial (or of every probe point) and check the metric; raise SpecErrors."""
     points = distinct_points(spec.trials, spec.axes)  # one config per distinct point: seeds don't change validity
     errors: dict[tuple[str, str], SpecError] = {}
@@ -783,7 +781,7 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
         else:
             cfg, errs = config_problems(d)
         for e in errs:
-            err = _config_error(spec, origins, e, p, label)
+            err = _config_error(spec.origins, e, p, label)
             errors.setdefault((err.key, e.problem), err)
         if cfg is not None:
             configs.append((label, cfg))
@@ -797,12 +795,12 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
         if missing:
             sample = sorted(metrics.final_keys(configs[0][1]))
             finals = [m for m in sample if "/" in m and m.split("/")[0] in ("best", "last")]
-            raise SpecErrors([origins.error(("metric",), spec.metric,
+            raise SpecErrors([spec.error(("metric",), spec.metric,
                 f"no such metric in {'any trial' if len(missing) == len(configs) else 'trials ' + ', '.join(missing[:5])}; "
                 f"epoch metrics: {', '.join(metrics.EPOCH_KEYS[1:])}; final metrics here: {', '.join(finals[:12])}{' ...' if len(finals) > 12 else ''}")])
     for _, cfg in configs[:1]:
         if cfg.device.startswith("cuda") and spec.resources.gpu == 0:
-            raise SpecErrors([origins.error(("resources", "gpu"), 0, f"trials ask for device {cfg.device} but get no GPU: set resources.gpu (or device: auto)")])
+            raise SpecErrors([spec.error(("resources", "gpu"), 0, f"trials ask for device {cfg.device} but get no GPU: set resources.gpu (or device: auto)")])
 
 
 def check_resources(spec: SweepSpec, cpus: float, gpus: float, where: str = "this machine") -> None:
