@@ -250,13 +250,14 @@ def _print_summary(res: Any, sdir: Path, write: bool = True) -> None:
     """The sweep's table (the report written first, unless ``write`` is False: then the files already there) and
     where everything is."""
     from orchestrator.report import make_report
-    from orchestrator.table import load, render
+    from orchestrator.results import read_rows
+    from orchestrator.table import render
 
     try:
         if write:
             files = ", ".join(p.name for p in make_report(sdir, console=console)["files"])
         else:
-            console.print(render(*load(sdir / "results.parquet"))[0])
+            console.print(render(*read_rows(sdir / "results.parquet"))[0])
             files = ", ".join(sorted(p.name for p in (sdir / "report").glob("*") if p.is_file()))
     except FileNotFoundError as e:
         console.print(f"[yellow]{e}[/]")

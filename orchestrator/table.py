@@ -89,12 +89,6 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def load(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    from orchestrator.results import read_rows
-
-    return read_rows(path)
-
-
 def swept_keys(meta: dict[str, str]) -> list[str]:
     """The swept parameters of a results file (its ``orch.swept`` metadata)."""
     return json.loads(meta.get("orch.swept", "[]"))
