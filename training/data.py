@@ -325,7 +325,7 @@ def _read_cifar(name: str, folder: Path, files: tuple[str, ...]) -> tuple[torch.
 
 
 def _torchvision(name: str, cfg: DataConfig) -> Data:
-    cls_name, mean, std, files = _TV[name]
+    _, mean, std, _ = _TV[name]
     if name in _CIFAR:
         folder = _cifar_folder(name, cfg)
         (tx, ty), (ex, ey) = _read_cifar(name, folder, _CIFAR[name][1]), _read_cifar(name, folder, _CIFAR[name][2])
