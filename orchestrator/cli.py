@@ -532,7 +532,7 @@ def train(
             t.add_row(k, f"{100 * v:.2f} %")
     t.add_row("train time", f"{final.get('time/train_s', 0):.1f} s")
     console.print(t)
-    console.print(f"results: {Path(cfg.out_dir).expanduser() / 'results.json'}")
+    console.print(f"results: {run_dir / metrics.RESULTS_FILE}")
     if final.get("outcome") == "diverged":
         raise typer.Exit(EXIT_FAILED)
 

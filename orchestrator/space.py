@@ -83,11 +83,7 @@ def probe_points(axes: list[Axis]) -> list[dict[str, Any]]:
     if not axes:
         return [{}]
     first = {a.key: a.probe_values()[0] for a in axes}
-    pts = [dict(first), {a.key: a.probe_values()[-1] for a in axes}]
-    for a in axes:
-        for v in a.probe_values()[1:]:
-            pts.append({**first, a.key: v})
-    return pts
+    return [dict(first), {a.key: a.probe_values()[-1] for a in axes}, *({**first, a.key: v} for a in axes for v in a.probe_values()[1:])]
 
 
 def distinct_points(trials: Iterable[Any], axes: list[Axis]) -> list[dict[str, Any]]:

@@ -519,7 +519,7 @@ def load_spec(path: str | Path, *, profile: str | None = None, sets: list[str] |
     if st is not None:
         if not alg.storage:
             errors.append(origins.error(("search", "storage"), st, "only an optuna search keeps a study storage"))
-        elif not (st.startswith("sqlite:////") or st.startswith(("postgresql", "mysql"))):
+        elif not st.startswith(("sqlite:////", "postgresql", "mysql")):
             errors.append(origins.error(("search", "storage"), st, "expected sqlite:////abs/path.db (an absolute path), "
                                         "postgresql://... or mysql://..."))
     uri = model.tracking.uri
@@ -531,10 +531,7 @@ def load_spec(path: str | Path, *, profile: str | None = None, sets: list[str] |
         raise SpecErrors(errors)
 
     # ---------------------------------------------------------------- size
-    if not alg.samples:
-        n_points = math.prod(len(a.values) for a in axes) if axes else 1
-    else:
-        n_points = model.search.num_samples or 0
+    n_points = (model.search.num_samples or 0) if alg.samples else math.prod(len(a.values) for a in axes)  # no axes: 1
     num_trials = n_points * len(seeds)
     if num_trials > MAX_TRIALS_WITHOUT_YES and not yes:
         p = ("search", "num_samples") if alg.samples else ("axes",)
@@ -636,13 +633,12 @@ def _parse_seeds(raw: Any, base: Mapping[str, Any], origins: _Origins, errors: l
             return list(range(raw))
         errors.append(origins.error(("seeds",), raw, "a count of seeds must be >= 1"))
         return [0]
-    elif isinstance(raw, list):
+    if isinstance(raw, list):
         if not raw:
             errors.append(origins.error(("seeds",), raw, "empty: give a list of seeds or a count"))
             return [0]
         bad = [i for i, s in enumerate(raw) if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-        for i in bad:
-            errors.append(origins.error(("seeds", i), raw[i], "a seed must be an integer >= 0"))
+        errors.extend(origins.error(("seeds", i), raw[i], "a seed must be an integer >= 0") for i in bad)
         if not bad and len(set(raw)) != len(raw):
             errors.append(origins.error(("seeds",), raw, "repeated seed (each seed runs once per config)"))
         return [s for s in raw if isinstance(s, int)] or [0]
