@@ -248,17 +248,15 @@ def start_local_cluster(*, num_cpus: float = 0, num_gpus: float = 0, fake_worker
     proc_env = {**os.environ, **env}
     proc_env.pop("RAY_ADDRESS", None)
     if fake_worker is not None:
-        cfg = fake_autoscaling_config(address, **dict(fake_worker))
         cfg_path = tmp / "autoscaling.json"
-        cfg_path.write_text(json.dumps(cfg, indent=2))
+        cfg_path.write_text(json.dumps(fake_autoscaling_config(address, **dict(fake_worker)), indent=2))
         cmd.append(f"--autoscaling-config={cfg_path}")
         proc_env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
     t0 = time.monotonic()
-    log = open(tmp / "ray_start.log", "w")
     # --block: `ray start` stays alive as the session leader (see LocalCluster); ready = it wrote the address file
-    proc = subprocess.Popen(cmd + ["--block"], env=proc_env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(tmp))
-    log.close()
+    with open(tmp / "ray_start.log", "w") as log:
+        proc = subprocess.Popen(cmd + ["--block"], env=proc_env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(tmp))
     cluster = LocalCluster(address, tmp, proc.pid, env, dash_url, _leader=proc)
     (tmp / STATE_FILE).write_text(json.dumps({"address": address, "sid": proc.pid, "dashboard_url": dash_url,
                                               "started_by_pid": os.getpid()}))

@@ -100,7 +100,7 @@ def _aa_columns(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
     """AutoAttack batch by batch; returns the final accuracy and the per-stage accuracies over all points."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     stages = tuple(kwargs.get("stages", STAGES))
-    correct = {s: 0 for s in stages}
+    correct = dict.fromkeys(stages, 0)
     final = done = 0
     for xb, yb in _batches(x, y, batch_size):
         x_adv, accs = autoattack_stages(model, xb, yb, eps=eps, generator=gen, **kwargs)
