@@ -1,12 +1,5 @@
-"""``orch``: the command line. Each command is thin: it parses options and calls one function.
-
-    orch sweep FILE [--profile P] [--set key=value ...] [--dry-run] [--resume] [--address ADDR]
-                    [--tracking-uri URI] [--data-dir DIR] [--yes]
-    orch validate FILE [--profile P] [--set key=value ...]
-    orch report SWEEP_DIR_OR_FILE [--profile P]
-    orch train --config FILE [--set key=value ...] [--out-dir DIR]
-    orch ui SWEEP_DIR_OR_FILE [--port N]
-    orch cluster validate FILE | fake-up [--max-workers N ...] | down TEMP_DIR | watch --address ADDR
+"""``orch``: the command line (``orch -h``, ``orch COMMAND -h``). Each command is thin: it parses options and calls
+one function.
 
 Exit codes: 0 success; 1 some trials failed (or a training run failed); 2 bad input (sweep file, options,
 sweep folder state, an unreachable tracking server) — refused before Ray starts and before anything is
@@ -47,14 +40,9 @@ from typer.core import TyperOption  # noqa: E402
 _option_type_rich = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_type_rich  # type: ignore[method-assign]
 
-app = typer.Typer(
-    name="orch",
-    help="Sweep orchestrator for adversarial-robustness research (Ray Tune + MLflow + Optuna + Arrow).",
-    rich_markup_mode="rich",
-    no_args_is_help=True,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+app = typer.Typer(name="orch", help="Sweep orchestrator for adversarial-robustness research (Ray Tune + MLflow + Optuna + Arrow).",
+                  rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 console = Console()
 err_console = Console(stderr=True)
 
@@ -117,9 +105,6 @@ def _bad_input(e: SpecErrors) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-# ============================================================================================ sweep
-
-
 @app.command()
 def sweep(
     file: Annotated[Path, typer.Argument(help="The sweep file (YAML; format in sweeps/README.md).")],
@@ -178,7 +163,6 @@ def data_problems(spec: SweepSpec) -> list:
     """A SpecError for each distinct dataset of the sweep's trials that cannot be loaded on this machine (files
     missing, and not downloadable), with the loader's full message: which files, which folder, how to fix."""
     from training.data import DatasetUnavailable, check_available
-
 
     points = distinct_points(spec.trials, spec.axes)
     seen: set[str] = set()
@@ -266,13 +250,14 @@ def _print_summary(res: Any, sdir: Path, write: bool = True) -> None:
     """The sweep's table (the report written first, unless ``write`` is False: then the files already there) and
     where everything is."""
     from orchestrator.report import make_report
-    from orchestrator.table import load, render
+    from orchestrator.results import read_rows
+    from orchestrator.table import render
 
     try:
         if write:
             files = ", ".join(p.name for p in make_report(sdir, console=console)["files"])
         else:
-            console.print(render(*load(sdir / "results.parquet"))[0])
+            console.print(render(*read_rows(sdir / "results.parquet"))[0])
             files = ", ".join(sorted(p.name for p in (sdir / "report").glob("*") if p.is_file()))
     except FileNotFoundError as e:
         console.print(f"[yellow]{e}[/]")
@@ -331,12 +316,8 @@ def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
     console.print(f"sweep folder: {sdir}{_folder_state(spec, sdir)}\nMLflow: {uri or 'sqlite:///' + str(sdir / 'mlflow.db')}", highlight=False)
     if spec.trials:
         t = Table(title="trials")
-        t.add_column("#", justify="right")
-        t.add_column("trial")
-        for a in spec.axes:
-            t.add_column(a.key)
-        t.add_column("seed", justify="right")
-        t.add_column("key")
+        for c in ["#", "trial", *(a.key for a in spec.axes), "seed", "key"]:  # an axis is never named # or seed
+            t.add_column(c, justify="right" if c in ("#", "seed") else "left")
         for tr in spec.trials:
             t.add_row(str(tr.index), tr.name, *[json.dumps(tr.swept[a.key]) for a in spec.axes], str(tr.seed), tr.key)
         console.print(t)
@@ -371,9 +352,6 @@ def _dry_run(spec: SweepSpec, sdir: Path, uri: str | None, probe: bool) -> None:
                   f"robust; each trial prints a tighter estimate before it evaluates.", highlight=False)
 
 
-# ============================================================================================ validate
-
-
 @app.command()
 def validate(
     file: Annotated[Path, typer.Argument(help="The sweep file.")],
@@ -385,9 +363,6 @@ def validate(
     spec = _load(file, profile, set_, yes)
     kind = f"{len(spec.trials)} trials" if spec.trials else f"{spec.num_trials} trials ({spec.search.algorithm}, {spec.search.num_samples} configs x {len(spec.seeds)} seeds)"
     console.print(f"[green]ok[/]: {spec.name}: {kind}, epochs {', '.join(map(str, spec.epochs))}", highlight=False)
-
-
-# ============================================================================================ report
 
 
 def _resolve_sweep_dir(target: Path, profile: str | None, data_dir_: Path | None) -> Path:
@@ -425,9 +400,6 @@ def report(
     if rep.get("threshold") is not None:
         console.print(f"time to threshold: validation PGD accuracy >= {100 * rep['threshold']:.1f}% "
                       "(--threshold to change)", highlight=False)
-
-
-# ============================================================================================ ui
 
 
 @app.command()
@@ -475,9 +447,6 @@ def ui(
         else:
             console.print("  no trial runs in it yet", **say)
     mlflow_ui.serve(db, host, port)
-
-
-# ============================================================================================ train
 
 
 @app.command()
@@ -563,7 +532,7 @@ def train(
             t.add_row(k, f"{100 * v:.2f} %")
     t.add_row("train time", f"{final.get('time/train_s', 0):.1f} s")
     console.print(t)
-    console.print(f"results: {Path(cfg.out_dir).expanduser() / 'results.json'}")
+    console.print(f"results: {run_dir / metrics.RESULTS_FILE}")
     if final.get("outcome") == "diverged":
         raise typer.Exit(EXIT_FAILED)
 
@@ -587,9 +556,6 @@ def _new_run_dir(name: str) -> str:
 def _latest_run_hint() -> str:
     runs = sorted((p for p in RUNS_DIR.glob("*") if (p / "last.pt").exists()), key=lambda p: p.stat().st_mtime) if RUNS_DIR.is_dir() else []
     return f"; the latest run here is --out-dir {shlex.quote(str(runs[-1]))}" if runs else ""
-
-
-# ============================================================================================ cluster
 
 
 cluster_app = typer.Typer(help="Local Ray clusters for trying autoscaling by hand, and the cluster.yaml check (docs/cluster.md).",

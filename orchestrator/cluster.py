@@ -1,28 +1,15 @@
 """Cluster helpers: validate ``cluster.yaml`` offline, start and stop a *local* Ray cluster (optionally one that
 autoscales with Ray's fake multi-node provider), watch its nodes, and submit a sweep as a Ray job.
 
-Why this module exists (``shared/spec/stack.md`` Q5 and Q7 are the evidence):
+Why not Ray's own helpers (``shared/spec/stack.md`` Q5 and Q7, ``docs/cluster.md``): ``ray.cluster_utils.AutoscalingCluster``
+is broken in the Ray 2.60 wheel (its ``example.yaml`` is not shipped) and runs ``ray stop --force``, which kills
+**every** Ray process on the machine, including other people's. So we never call it and never run ``ray stop``: a
+local cluster runs in a session of its own (``setsid``) with its own ``--temp-dir``, and :meth:`LocalCluster.stop`
+signals exactly its processes (SIGTERM, then SIGKILL: ``gcs_server``, ``raylet`` and ``monitor.py`` ignore SIGTERM).
+``ray start`` would also write its auth token to ``~/.ray/auth_token``, a file shared with everyone on the machine;
+each cluster here gets its own through ``RAY_AUTH_TOKEN`` (:attr:`LocalCluster.env`: what a client needs).
 
-- ``ray.cluster_utils.AutoscalingCluster`` is broken in the Ray 2.60 wheel (its ``example.yaml`` is not shipped)
-  and its ``start()``/``shutdown()`` run ``ray stop --force``, which kills **every** Ray process on the machine,
-  including other people's. So we never call it, and never run ``ray stop``. :func:`start_local_cluster` runs
-  ``ray start --head --block`` in a **new session** (``setsid``) with its own ``--temp-dir``; every process Ray
-  starts for that cluster (GCS, raylet, monitor, the fake worker nodes the autoscaler launches, trial workers)
-  stays in that session, and :meth:`LocalCluster.stop` signals exactly those PIDs (SIGTERM, then SIGKILL after a
-  grace period: ``gcs_server``, ``raylet`` and ``monitor.py`` ignore SIGTERM).
-- Token authentication: ``ray start`` turns it on by default and writes ``~/.ray/auth_token``, a file shared with
-  everyone on the machine. A local cluster here gets its own random token through ``RAY_AUTH_TOKEN`` (nothing is
-  written under ``~/.ray``); :attr:`LocalCluster.env` is what a client process needs to connect.
-- ``ray.autoscaler._private.util.validate_config`` on the raw YAML fails with a misleading
-  "Missing 'cluster_synced_files'" error; ``prepare_config`` first fills the provider defaults.
-
-Command line (``orch cluster``, in ``orchestrator/cli.py``; for trying autoscaling by hand, see ``docs/cluster.md``)::
-
-    orch cluster validate cluster.yaml
-    orch cluster fake-up [--max-workers 2] [--gpus-per-worker 1]   # blocks; Ctrl-C tears down
-    orch cluster watch --address HOST:PORT [--interval 1]           # JSON line per change
-    orch cluster down /tmp/orchray-XXXX    # stop a local cluster whose starter was killed
-
+The command line is ``orch cluster`` (``orchestrator/cli.py``; trying autoscaling by hand: ``docs/cluster.md``).
 Nothing here imports Ray at module import time, so importing it is cheap and cannot flip Ray's auth settings.
 """
 from __future__ import annotations
@@ -51,9 +38,6 @@ FAKE_HEAD_TYPE = "ray.head.default"  # the fake provider names the head node typ
 STATE_FILE = "orch_cluster.json"  # in the cluster's temp dir: its address and session id (for `down`)
 
 
-# ============================================================================================ cluster.yaml
-
-
 def load_cluster_yaml(path: str | os.PathLike) -> dict[str, Any]:
     import yaml
 
@@ -65,13 +49,10 @@ def load_cluster_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def validate_cluster_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a ``ray up`` config offline against Ray's own schema and checks; return the prepared config.
-
-    ``prepare_config`` merges the provider's ``defaults.yaml`` (without it ``validate_config`` fails with a
-    misleading version error), then ``validate_config`` runs the JSON schema ``ray/autoscaler/ray-schema.json``
-    plus Ray's extra checks (unknown ``head_node_type``, ``min_workers`` above ``max_workers``, ...).
-    Raises ``jsonschema.ValidationError`` or ``ValueError``. No network access, no cloud credentials.
-    """
+    """Validate a ``ray up`` config offline against Ray's own schema and checks (``ray-schema.json``, unknown
+    ``head_node_type``, ``min_workers`` above ``max_workers``, ...); return the prepared config. ``prepare_config``
+    first merges the provider's defaults: without them ``validate_config`` fails with a misleading error. Raises
+    ``jsonschema.ValidationError`` or ``ValueError``. No network access, no cloud credentials."""
     import copy
 
     from ray.autoscaler._private.util import prepare_config, validate_config
@@ -79,9 +60,6 @@ def validate_cluster_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     prepared = prepare_config(copy.deepcopy(dict(cfg)))
     validate_config(prepared)
     return prepared
-
-
-# ============================================================================================ local cluster
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -101,15 +79,8 @@ def node_ip() -> str:
         return "127.0.0.1"
 
 
-def fake_autoscaling_config(
-    gcs_address: str,
-    *,
-    worker_type: str = "gpu_worker",
-    worker_resources: Mapping[str, float] | None = None,
-    max_workers: int = 2,
-    idle_timeout_minutes: float = 0.1,
-    upscaling_speed: float = 1.0,
-) -> dict[str, Any]:
+def fake_autoscaling_config(gcs_address: str, *, worker_resources: Mapping[str, float] | None = None, max_workers: int = 2,
+                            idle_timeout_minutes: float = 0.1) -> dict[str, Any]:
     """The autoscaling config for ``RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...``.
 
     Fields of Ray's upstream ``fake_multi_node/example.yaml`` (not shipped in the 2.60 wheel). ``gcs_address`` must
@@ -122,7 +93,7 @@ def fake_autoscaling_config(
     return {
         "cluster_name": "orch-fake",
         "max_workers": max_workers,
-        "upscaling_speed": upscaling_speed,
+        "upscaling_speed": 1.0,
         "docker": {},
         "idle_timeout_minutes": idle_timeout_minutes,
         "provider": {
@@ -139,20 +110,14 @@ def fake_autoscaling_config(
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
             FAKE_HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
-            worker_type: {"resources": res, "node_config": {}, "min_workers": 0, "max_workers": max_workers},
+            "gpu_worker": {"resources": res, "node_config": {}, "min_workers": 0, "max_workers": max_workers},
         },
         "head_node_type": FAKE_HEAD_TYPE,
         "file_mounts": {},
         "cluster_synced_files": [],
         "file_mounts_sync_continuously": False,
-        "rsync_exclude": [],
-        "rsync_filter": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
+        **{k: [] for k in ("rsync_exclude", "rsync_filter", "initialization_commands", "setup_commands", "head_setup_commands",
+                           "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")},  # none: the nodes are local
     }
 
 
@@ -179,7 +144,6 @@ class LocalCluster:
     env: dict[str, str]  # environment a client of this cluster needs (auth token, usage stats off)
     dashboard_url: str | None = None  # http://host:port when started with the dashboard (needs ray[default])
     start_s: float = 0.0
-    own_temp_dir: bool = True
     stopped: bool = field(default=False, repr=False)
     _leader: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -241,61 +205,32 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 report["left"] = [self._leader.pid]
         report["stop_s"] = round(time.monotonic() - t0, 2)
-        if self.own_temp_dir and not report["left"]:
+        if not report["left"]:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
         self.stopped = True
         return report
 
-    def __enter__(self) -> "LocalCluster":
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if not self.stopped:
-            self.stop()
-
-
-def start_local_cluster(
-    *,
-    num_cpus: float = 0,
-    num_gpus: float = 0,
-    autoscaling_config: Mapping[str, Any] | None = None,
-    fake_worker: Mapping[str, Any] | None = None,
-    dashboard: bool = False,
-    port: int | None = None,
-    temp_dir: str | os.PathLike | None = None,
-    extra_env: Mapping[str, str] | None = None,
-    auth: bool = True,
-    timeout_s: float = 90.0,
-    stop_at_exit: bool = True,
-) -> LocalCluster:
+def start_local_cluster(*, num_cpus: float = 0, num_gpus: float = 0, fake_worker: Mapping[str, Any] | None = None,
+                        dashboard: bool = False, timeout_s: float = 90.0) -> LocalCluster:
     """Start a Ray head on this machine with ``ray start --head`` and return a handle to stop it.
 
     Args:
         num_cpus, num_gpus: the head's own resources (0 and 0: nothing runs on the head, like cluster.yaml).
         fake_worker: make it autoscale with Ray's fake multi-node provider; keyword arguments of
-            :func:`fake_autoscaling_config` (``worker_resources``, ``max_workers``, ``idle_timeout_minutes``, ...).
-        autoscaling_config: a full autoscaling config instead (``provider.gcs_address`` is filled in).
+            :func:`fake_autoscaling_config` (``worker_resources``, ``max_workers``, ``idle_timeout_minutes``).
         dashboard: start the dashboard (needed for Ray jobs; needs ``ray[default]``) on a free port.
-        port: the GCS port (default: a free one; never 6379, the default others use).
-        temp_dir: Ray's temp dir (default: a new short dir under /tmp; removed by :meth:`LocalCluster.stop`).
-            Short on purpose: Ray's unix socket paths live under it (107-byte limit).
-        auth: token auth with a fresh random token passed through ``RAY_AUTH_TOKEN`` (nothing written to
-            ``~/.ray``); False: ``RAY_AUTH_MODE=disabled``.
-        stop_at_exit: stop the cluster when this process exits, if :meth:`LocalCluster.stop` was not called.
-            (A process killed with SIGKILL cannot: ``python -m orchestrator.cluster down TEMP_DIR`` then.)
+
+    The GCS port is a free one (never 6379, the default others use); Ray's temp dir is a new short dir under /tmp
+    (its unix socket paths live under it: 107-byte limit), removed by :meth:`LocalCluster.stop`; token auth uses a
+    fresh random token passed through ``RAY_AUTH_TOKEN`` (nothing written to ``~/.ray``). The cluster is stopped
+    when this process exits (one killed with SIGKILL cannot: ``orch cluster down TEMP_DIR`` then).
     """
-    port = port or free_port()
-    own_tmp = temp_dir is None
-    tmp = Path(temp_dir) if temp_dir else Path(tempfile.mkdtemp(prefix="orchray-", dir="/tmp"))
-    tmp.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    tmp = Path(tempfile.mkdtemp(prefix="orchray-", dir="/tmp"))
     host = node_ip()
     address = f"{host}:{port}"
-    env = dict(BASE_ENV)
-    if auth:
-        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)})
-    else:
-        env["RAY_AUTH_MODE"] = "disabled"
-    env.update(extra_env or {})
+    env = {**BASE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     cmd = [
         *_ray_cmd(), "start", "--head", f"--port={port}", f"--node-ip-address={host}",
         f"--num-cpus={num_cpus:g}", f"--num-gpus={num_gpus:g}", f"--temp-dir={tmp}",
@@ -312,24 +247,20 @@ def start_local_cluster(
         dash_url = f"http://{host}:{dport}"
     proc_env = {**os.environ, **env}
     proc_env.pop("RAY_ADDRESS", None)
-    if fake_worker is not None or autoscaling_config is not None:
-        cfg = dict(autoscaling_config) if autoscaling_config else fake_autoscaling_config(address, **dict(fake_worker or {}))
-        cfg.setdefault("provider", {})["gcs_address"] = address
+    if fake_worker is not None:
         cfg_path = tmp / "autoscaling.json"
-        cfg_path.write_text(json.dumps(cfg, indent=2))
+        cfg_path.write_text(json.dumps(fake_autoscaling_config(address, **dict(fake_worker)), indent=2))
         cmd.append(f"--autoscaling-config={cfg_path}")
         proc_env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
     t0 = time.monotonic()
-    log = open(tmp / "ray_start.log", "w")
     # --block: `ray start` stays alive as the session leader (see LocalCluster); ready = it wrote the address file
-    proc = subprocess.Popen(cmd + ["--block"], env=proc_env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(tmp))
-    log.close()
-    cluster = LocalCluster(address, tmp, proc.pid, env, dash_url, own_temp_dir=own_tmp, _leader=proc)
+    with open(tmp / "ray_start.log", "w") as log:
+        proc = subprocess.Popen(cmd + ["--block"], env=proc_env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(tmp))
+    cluster = LocalCluster(address, tmp, proc.pid, env, dash_url, _leader=proc)
     (tmp / STATE_FILE).write_text(json.dumps({"address": address, "sid": proc.pid, "dashboard_url": dash_url,
                                               "started_by_pid": os.getpid()}))
-    if stop_at_exit:
-        atexit.register(lambda: None if cluster.stopped else cluster.stop(grace_s=2.0))
+    atexit.register(lambda: None if cluster.stopped else cluster.stop(grace_s=2.0))
     ready = tmp / "ray_current_cluster"
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() - t0 > timeout_s:
@@ -348,10 +279,7 @@ def stop_local_cluster(temp_dir: str | os.PathLike, grace_s: float = 5.0) -> dic
     tmp = Path(temp_dir).resolve()
     state = json.loads((tmp / STATE_FILE).read_text())
     # not our child: the session is trusted only if its leader still names this temp dir (LocalCluster)
-    return LocalCluster(state["address"], tmp, int(state["sid"]), {}, own_temp_dir=True).stop(grace_s=grace_s)
-
-
-# ------------------------------------------------------------------ process discovery (Linux /proc)
+    return LocalCluster(state["address"], tmp, int(state["sid"]), {}).stop(grace_s=grace_s)
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -433,9 +361,6 @@ def _signal_all(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-# ============================================================================================ watching nodes
-
-
 def alive_nodes(address: str, timeout_s: float = 10.0) -> list[dict[str, Any]]:
     """Alive nodes of the cluster at ``address`` (run in a process whose env has the cluster's auth settings)."""
     from ray._raylet import GcsClient
@@ -471,9 +396,6 @@ def watch(address: str, interval_s: float = 1.0, duration_s: float | None = None
         time.sleep(interval_s)
 
 
-# ============================================================================================ Ray jobs
-
-
 def has_ray_default() -> bool:
     """True if ``ray[default]`` is installed here: needed on the *head* for the dashboard and its job server."""
     import importlib.util
@@ -483,15 +405,11 @@ def has_ray_default() -> bool:
 
 def sweep_job_command(dashboard_url: str, sweep_file: str, *orch_args: str, working_dir: str | None = None,
                       python: str | None = None, submission_id: str | None = None, no_wait: bool = False) -> list[str]:
-    """argv of ``ray job submit`` that runs ``orch sweep SWEEP_FILE --address auto ORCH_ARGS`` as a Ray job.
-
-    The job's driver runs on the head (it survives your laptop disconnecting); ``--address auto`` joins the
-    cluster the job runs in. ``working_dir`` (uploaded with the job, e.g. your ``sweeps/`` folder) becomes the
-    driver's current directory, so ``sweep_file`` is relative to it. Only the cluster needs ``ray[default]``: the
-    ``ray job submit`` client works with ``ray[tune]`` alone. ``python``: the interpreter on the head that has orch
-    (default ``python``, the head's active environment).
+    """argv of ``ray job submit`` that runs ``orch sweep SWEEP_FILE --address auto ORCH_ARGS`` as a Ray job (why, and
+    what the head needs: ``docs/cluster.md``, "Run a sweep"). ``sweep_file`` is relative to ``working_dir`` (uploaded
+    with the job); ``python``: the interpreter on the head that has orch (default ``python``, its active environment).
     """
-    argv = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", dashboard_url]
+    argv = [*_ray_cmd(), "job", "submit", "--address", dashboard_url]
     if working_dir:
         argv += ["--working-dir", str(working_dir)]
     if submission_id:

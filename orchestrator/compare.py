@@ -1,10 +1,8 @@
 """``orch report --baseline ROW``: every other row's difference from a baseline row, with a 95% interval over seeds.
 
-The baseline is named as the table's Config column writes it (``activation=relu``, ``method=fgsm_rs``,
-``image_size=8,width=16``); its ``key=value`` parts may come in any order and may be a subset of the label as
-long as exactly one row has them all. For each other row, each checkpoint (best, last) and each headline column
-(Clean, PGD-10, AA where evaluated, and the sweep's ``metric`` when it is another final column), the difference
-other − baseline in percentage points with a Student-t interval over seeds:
+How the baseline is named and what is compared: ``sweeps/README.md``. For each other row, checkpoint and headline
+column (:func:`headline_columns`), the difference other − baseline in percentage points with a Student-t interval
+over seeds:
 
 - **paired** when both rows have finished trials for the same seeds, one each: the per-seed differences
   d_s, mean ± t(0.975, n−1) · sd(d) / √n;

@@ -7,12 +7,9 @@ temporary folder. From its records:
 - training seconds per image   = 1 / ``time/images_per_s`` (method, model, batch size and device included);
 - per-epoch evaluation seconds  = ``time/epoch_eval_s`` (PGD on the fixed training batch and the validation
   split: the same size in the probe as in the trial);
-- final evaluation seconds      = ``training.evalcost``: every attack of ``eval.attacks`` timed for a few
-  iterations on a few test images that cannot be fooled (ε = 0, the model's own labels), scaled to the full
-  iteration counts and test set, for each evaluated checkpoint. A probe model is barely trained, so how many points
-  stay robust (what AutoAttack's cost depends on) is unknown here: the estimate assumes all of them do, an upper
-  bound (the run itself prints a tighter estimate from the trained model's validation accuracy before it
-  evaluates). Configs that differ only in training (``method.k``) share one evaluation probe.
+- final evaluation seconds      = ``training.evalcost`` for each evaluated checkpoint, assuming every point stays
+  robust: an upper bound, since a barely trained probe model cannot tell how many will (the run itself prints a
+  tighter estimate before it evaluates). Configs that differ only in training (``method.k``) share one probe.
 
 Bounded: the probes stop after ``BUDGET_S`` seconds (the configs not probed by then are estimated from the mean
 of those that were), and ``progress(text)`` is called before each probe.
@@ -30,7 +27,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
+
 from training.config import RunConfig
+from training.metrics import eval_eps
 from orchestrator.space import distinct_points, trial_name
 
 PROBE_BATCHES = 4
@@ -43,11 +42,9 @@ class Estimate:
     label: str
     epochs: int
     n_train: int
-    n_test: int
     train_s_per_image: float
     epoch_eval_s: float
     final_eval_s: float
-    probe_s: float
 
     @property
     def trial_s(self) -> float:
@@ -74,18 +71,15 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
     cfg = RunConfig.from_dict(run_dict)
     torch.set_num_threads(1)
     data = load_data(cfg.data)
-    n_train = len(data.train_y) if data.train_y is not None else len(data.train_dataset)
-    n_test_full = len(data.test_y)
-    n_test = n_test_full if cfg.eval.subset is None else min(cfg.eval.subset, n_test_full)
+    n_train = data.n_train
+    n_test = len(data.test_y) if cfg.eval.subset is None else min(cfg.eval.subset, len(data.test_y))
     with tempfile.TemporaryDirectory(prefix="orch-probe-") as tmp:
         d = json.loads(json.dumps(run_dict))
         d.update(epochs=1, out_dir=tmp, name="probe")
         d.setdefault("data", {})["train_limit"] = min(n_train, PROBE_BATCHES * cfg.batch_size)
         d.setdefault("eval", {}).update(attacks=["clean"], checkpoints=["last"], subset=8)
         d.setdefault("co", {})["detect"] = False
-        pcfg = RunConfig.from_dict(d)
-        t0 = time.perf_counter()
-        recs = list(run(pcfg))
+        recs = list(run(RunConfig.from_dict(d)))
         key = _eval_key(cfg.to_dict())
         cost = (eval_cache or {}).get(key)
         if cost is None:
@@ -96,21 +90,14 @@ def probe(run_dict: dict[str, Any], label: str, eval_cache: dict[str, Any] | Non
                                  smooth_grad_for=cfg.model.smooth_grad_for, width=cfg.model.width, mean=data.mean,
                                  std=data.std).to(device)
             model.load_state_dict(load_ckpt(f"{tmp}/last.pt", map_location=device)["model"])
-            eps = [cfg.threat.eps_255] + [e for e in cfg.eval.eps_255 if e != cfg.threat.eps_255]
-            cost = probe_eval_cost(model, data.test_x, columns=cfg.eval.attacks, eps_255=eps,
+            cost = probe_eval_cost(model, data.test_x, columns=cfg.eval.attacks, eps_255=eval_eps(cfg.threat.eps_255, cfg.eval.eps_255),
                                    aa_kwargs={"n_iter": cfg.eval.aa_n_iter, "n_queries": cfg.eval.aa_n_queries})
             if eval_cache is not None:
                 eval_cache[key] = cost
-        probe_s = time.perf_counter() - t0
     epoch = recs[0]
     per_ckpt = sum(predict_eval_seconds(cost, n_test, 1.0, 1.0, cfg.eval.batch_size).values())
-    return Estimate(
-        label=label, epochs=cfg.data_epochs, n_train=n_train, n_test=n_test,
-        train_s_per_image=1.0 / max(epoch["time/images_per_s"], 1e-9),
-        epoch_eval_s=float(epoch.get("time/epoch_eval_s", 0.0)),
-        final_eval_s=per_ckpt * len(set(cfg.eval.checkpoints)),
-        probe_s=probe_s,
-    )
+    return Estimate(label=label, epochs=cfg.data_epochs, n_train=n_train, train_s_per_image=1.0 / max(epoch["time/images_per_s"], 1e-9),
+                    epoch_eval_s=float(epoch.get("time/epoch_eval_s", 0.0)), final_eval_s=per_ckpt * len(set(cfg.eval.checkpoints)))
 
 
 def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) -> tuple[list[Estimate], float | None, str | None]:
@@ -137,8 +124,4 @@ def estimate_sweep(spec: Any, progress: Any = None, budget_s: float = BUDGET_S) 
         except Exception as e:  # noqa: BLE001 - dataset not available here, out of memory, ...
             return ests, None, f"{type(e).__name__}: {e}"
     mean_trial = sum(e.trial_s for e in ests) / len(ests)
-    if spec.trials:
-        total = mean_trial * spec.num_trials
-    else:
-        total = mean_trial * per_point_trials * total_points
-    return ests, total, None
+    return ests, mean_trial * spec.num_trials if spec.trials else mean_trial * per_point_trials * total_points, None

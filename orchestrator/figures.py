@@ -1,23 +1,10 @@
 """``orch report``'s figures (matplotlib, imported only when a figure is drawn), and the per-trial ``curves.png``
 the sweep's driver draws at each trial's end (:func:`plot_trial_curves`).
 
-Files written to the report folder: ``<param>.png`` (each thesis column against each swept parameter that takes
-more than one value, best and last, error bars = std over seeds; one line, in one colour, per combination of the
-other swept parameters, or one scatter of every trial when those are many, as in a search), ``curves.png``
-(per-epoch validation PGD / clean accuracy, training PGD accuracy and loss, mean over seeds per group, from the
-trials' ``metrics.jsonl``), and three figures for comparing trials (their groups named by the swept values that
-differ; a section-valued axis by the sub-keys that differ):
-
-- ``tradeoff.png``: clean against robust accuracy of every finished trial (the study's main robust column: its
-  ``metric`` when that is a final robust column, else AA, else PGD-10), marked by group, with the group means
-  (± std over seeds) and the Pareto front of the trials (no other trial is better on both; up to 9 front trials
-  are numbered and named in the legend by group and seed).
-- ``robust_epochs.png``: validation PGD accuracy per epoch of every trial (one line each, colour = group), with
-  the epochs where catastrophic overfitting was detected marked.
-- ``time_to_threshold.png``: training seconds (``time/train_s``, per-epoch evaluation excluded) until a trial's
-  validation PGD accuracy first reaches a threshold, per group (mean ± std over the seeds that reached it; groups
-  that never did are shown as such). Default threshold: ``threshold_frac`` (0.9) x the best validation PGD
-  accuracy any trial reached in any epoch.
+Written to the report folder: ``<param>.png`` for each swept parameter that takes more than one value,
+``curves.png`` (per-epoch curves of each group), and, for comparing trials, ``tradeoff.png``, ``robust_epochs.png``
+and ``time_to_threshold.png``. What each shows is in ``docs/figures/README.md`` and in its function's docstring;
+groups are named by the swept values that differ (a section-valued axis by the sub-keys that differ).
 """
 from __future__ import annotations
 
@@ -43,14 +30,6 @@ def write_figures(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, s
     return written + ([p] if p else []), used
 
 
-# ------------------------------------------------------------------------------------------ labels and axes
-
-
-def _tick(v: Any) -> str:
-    t = format_value(v)
-    return t if len(t) <= 22 else t[:21] + "…"
-
-
 def varying_keys(gs: list[Group]) -> list[str]:
     """The swept keys that take more than one value across the groups. A key swept over a single value
     (``model.name: [small_cnn]`` next to the real axes) is a constant: it gets no plot of its own and splits no
@@ -62,10 +41,7 @@ def varying_keys(gs: list[Group]) -> list[str]:
 def _differing_subkeys(vals: list[dict[str, Any]]) -> list[str]:
     """The sub-keys of section values (dicts) that are not the same in every one (missing in one counts as
     different), ``name`` first, then in order of first appearance."""
-    subs: list[str] = []
-    for v in vals:
-        subs += [s for s in v if s not in subs]
-    subs.sort(key=lambda s: s != "name")
+    subs = sorted(dict.fromkeys(s for v in vals for s in v), key=lambda s: s != "name")
     return [s for s in subs if len({value_key(v.get(s, _MISSING)) for v in vals}) > 1]
 
 
@@ -101,7 +77,7 @@ def tick_labels(vals: list[Any]) -> list[str]:
     other values shortened to 22 characters."""
     if vals and all(isinstance(v, dict) for v in vals):
         return value_labels(vals, multiline=True)
-    return [_tick(v) for v in vals]
+    return [t if len(t := format_value(v)) <= 22 else t[:21] + "…" for v in vals]
 
 
 def _value_maps(gs: list[Group], keys: list[str]) -> dict[str, dict[str, str]]:
@@ -156,9 +132,6 @@ def param_series(gs: list[Group], p: str, keys: list[str] | None = None) -> tupl
         others.setdefault(value_key({k: g.values[k] for k in keys if k != p}), []).append(g)
     single = all(len({value_key(g.values[p]) for g in grp}) < 2 for grp in others.values())
     return others, len(others) > MAX_LINES or single
-
-
-# ---------------------------------------------------------------------------------------------------- plots
 
 
 def _plt():
@@ -347,7 +320,6 @@ def plot_curves(gs: list[Group], out_dir: Path) -> Path | None:
     Colours and labels are those of the comparison figures; the legend goes below the panels."""
     plt = _plt()
     style = _styles(gs)
-    labels = dict(zip(map(id, gs), compact_labels(gs)))
     series: list[tuple[str, Any, dict[str, dict[int, list[float]]]]] = []
     for g in gs:
         acc: dict[str, dict[int, list[float]]] = {k: {} for k, _ in CURVE_KEYS}
@@ -357,7 +329,7 @@ def plot_curves(gs: list[Group], out_dir: Path) -> Path | None:
                     if is_finite(rec.get(k)):
                         acc[k].setdefault(int(rec["epoch"]), []).append(curve_scale(k) * float(rec[k]))
         if any(acc.values()):
-            series.append((labels[id(g)], style[id(g)][0], acc))
+            series.append((style[id(g)][2], style[id(g)][0], acc))
     if not series:
         return None
     width = 4 * len(CURVE_KEYS)
@@ -419,11 +391,10 @@ def main_columns(rows: list[dict[str, Any]], meta: dict[str, str]) -> tuple[str,
     return clean, f"{ck}/{name}", f"{labels[name]} ({ck} ckpt, ε = {eps}/255)"
 
 
-def _styles(gs: list[Group]) -> dict[int, tuple[Any, str]]:
-    """The same colour and marker for a group in every comparison figure."""
-    plt = _plt()
-    cmap = plt.get_cmap("tab10" if len(gs) <= 10 else "tab20")
-    return {id(g): (cmap(i % cmap.N), MARKERS[i % len(MARKERS)]) for i, g in enumerate(gs)}
+def _styles(gs: list[Group]) -> dict[int, tuple[Any, str, str]]:
+    """The same colour, marker and label (:func:`compact_labels`) for a group in every comparison figure."""
+    cmap = _cmap(len(gs))
+    return {id(g): (cmap(i % cmap.N), MARKERS[i % len(MARKERS)], lab) for i, (g, lab) in enumerate(zip(gs, compact_labels(gs)))}
 
 
 def _save(plt: Any, fig: Any, ax: Any, n_leg: int, path: Path) -> Path:
@@ -431,14 +402,10 @@ def _save(plt: Any, fig: Any, ax: Any, n_leg: int, path: Path) -> Path:
     long legend entries widen the image instead of squeezing the axes)."""
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _legend_outside(ax, n_leg)
+    if n_leg:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False, ncol=1 if n_leg <= 16 else 2,
+                  borderaxespad=0.0)
     return _savefig(plt, fig, path, 110)
-
-
-def _legend_outside(ax: Any, n: int, **kw: Any) -> None:
-    if n:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False,
-                  ncol=1 if n <= 16 else 2, borderaxespad=0.0, **kw)
 
 
 def plot_tradeoff(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, str], out_dir: Path) -> Path | None:
@@ -450,23 +417,22 @@ def plot_tradeoff(gs: list[Group], rows: list[dict[str, Any]], meta: dict[str, s
     pts: list[tuple[float, float]] = []
     names: list[str] = []
     style = _styles(gs)
-    labels = dict(zip(map(id, gs), compact_labels(gs)))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.6, 4.6))
     n_leg = 0
     co_pts: list[tuple[float, float]] = []
     for g in gs:
-        color, marker = style[id(g)]
+        color, marker, glabel = style[id(g)]
         mine = [(100 * r[clean], 100 * r[robust], r) for r in g.good() if is_finite(r.get(clean)) and is_finite(r.get(robust))]
         if not mine:
             continue
         ax.scatter([p[0] for p in mine], [p[1] for p in mine], color=color, marker=marker, s=28, alpha=0.55, lw=0)
         pts += [(x, y) for x, y, _ in mine]
-        names += [_trial_label(labels[id(g)], r) for _, _, r in mine]
+        names += [_trial_label(glabel, r) for _, _, r in mine]
         co_pts += [(x, y) for x, y, r in mine if r.get("outcome") == "catastrophic_overfitting"]
         sx, sy = g.stats(clean), g.stats(robust)
         ax.errorbar(100 * sx[0], 100 * sy[0], xerr=100 * sx[1], yerr=100 * sy[1], color=color, marker=marker, ms=9,
-                    mec="black", mew=0.8, capsize=3, lw=1, label=f"{labels[id(g)]} (n={sx[2]})")
+                    mec="black", mew=0.8, capsize=3, lw=1, label=f"{glabel} (n={sx[2]})")
         n_leg += 1
     if not pts:
         plt.close(fig)
@@ -535,14 +501,13 @@ def plot_robust_epochs(gs: list[Group], rows: list[dict[str, Any]], out_dir: Pat
     """Validation PGD accuracy per epoch, one line per trial (colour = group), catastrophic overfitting marked."""
     plt = _plt()
     style = _styles(gs)
-    labels = dict(zip(map(id, gs), compact_labels(gs)))
     fig, ax = plt.subplots(figsize=(8.4, 4.6))
     n_lines = n_leg = 0
     co_x: list[float] = []
     co_y: list[float] = []
     max_epoch = 0
     for g in gs:
-        color, marker = style[id(g)]
+        color, marker, glabel = style[id(g)]
         labelled = False
         for j, r in enumerate(g.rows):
             recs = [rec for rec in trial_records(r) if is_finite(rec.get(key))]
@@ -552,7 +517,7 @@ def plot_robust_epochs(gs: list[Group], rows: list[dict[str, Any]], out_dir: Pat
             val = [100 * rec[key] for rec in recs]
             max_epoch = max(max_epoch, ep[-1])
             ax.plot(ep, val, color=color, lw=1.1, alpha=0.8, ls=("-", "--", ":", "-.")[j % 4], marker=marker, ms=2.5,
-                    label=None if labelled else labels[id(g)])
+                    label=None if labelled else glabel)
             labelled = True
             n_lines += 1
             co = {rec["epoch"] for rec in recs if rec.get("co/detected")}
@@ -601,7 +566,7 @@ def plot_time_to_threshold(gs: list[Group], rows: list[dict[str, Any]], out_dir:
     fig, ax = plt.subplots(figsize=(8.0, 0.9 + 0.42 * len(data) + 1.2))
     xmax = max(reached_all) * scale if reached_all else 1.0
     for i, (g, trials) in enumerate(data):
-        color, marker = style[id(g)]
+        color, marker, _ = style[id(g)]
         ts = [t for _, t in trials if t is not None]
         n, m = len(ts), len(trials)
         if ts:
@@ -616,8 +581,7 @@ def plot_time_to_threshold(gs: list[Group], rows: list[dict[str, Any]], out_dir:
         else:
             ax.text(0.01 * xmax, i, f"never reached ({m} trial{'s' if m > 1 else ''})", va="center", fontsize=7,
                     color="dimgray", style="italic")
-    labels = dict(zip(map(id, gs), compact_labels(gs)))
-    ax.set_yticks(range(len(data)), [labels[id(g)] for g, _ in data], fontsize=8)
+    ax.set_yticks(range(len(data)), [style[id(g)][2] for g, _ in data], fontsize=8)
     ax.set_ylim(len(data) - 0.5, -0.5)  # first group on top; rows without a bar keep their room
     ax.set_xlim(0, xmax * 1.45)
     ax.set_xlabel(f"training time until validation {_pgd_label(rows)} accuracy ≥ {100 * threshold:.1f}% ({unit}; "

@@ -1,9 +1,5 @@
 """``orch report``: results.parquet -> the thesis-style table (:mod:`orchestrator.table`: mean ± std over seeds,
-Markdown, CSV, differences from a baseline row) and the figures (:mod:`orchestrator.figures`).
-
-Files written to ``<sweep>/report/``: ``table.md``, ``table.csv`` (mean and std of every final column per group
-and checkpoint) and the figures that :func:`orchestrator.figures.write_figures` lists.
-"""
+Markdown, CSV, differences from a baseline row) and the figures (:mod:`orchestrator.figures`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator import table
+from orchestrator.results import read_rows
 
 
 def make_report(sweep_dir: str | Path, console: Console | None = None, plots: bool = True, out_dir: str | Path | None = None,
@@ -24,7 +21,7 @@ def make_report(sweep_dir: str | Path, console: Console | None = None, plots: bo
     to the terminal, table.md and table.csv; a name that matches no single row raises BaselineError before
     anything is written."""
     results = Path(sweep_dir) / "results.parquet"
-    rows, meta = table.load(results)
+    rows, meta = read_rows(results)
     if not rows:
         raise FileNotFoundError(f"no results in {results} (has a trial finished?)")
     gs = table.groups(rows, table.swept_keys(meta))

@@ -56,14 +56,10 @@ class Axis:
 
     def probe_values(self) -> list[Any]:
         """Values that validation builds a RunConfig for: every discrete value, or both ends of a range."""
-        if self.discrete:
-            return list(self.values)
-        return [self.low, self.high]
+        return list(self.values) if self.discrete else [self.low, self.high]
 
     def describe(self) -> str:
-        if self.discrete:
-            return f"{self.kind} {list(self.values)}"
-        return f"{self.kind} [{self.low}, {self.high}]"
+        return f"{self.kind} {list(self.values)}" if self.discrete else f"{self.kind} [{self.low}, {self.high}]"
 
 
 def grid_points(axes: list[Axis]) -> list[dict[str, Any]]:
@@ -87,12 +83,7 @@ def probe_points(axes: list[Axis]) -> list[dict[str, Any]]:
     if not axes:
         return [{}]
     first = {a.key: a.probe_values()[0] for a in axes}
-    pts = [dict(first), {a.key: a.probe_values()[-1] for a in axes}]
-    for a in axes:
-        for v in a.probe_values()[1:]:
-            pts.append({**first, a.key: v})
-    return pts
-
+    return [dict(first), {a.key: a.probe_values()[-1] for a in axes}, *({**first, a.key: v} for a in axes for v in a.probe_values()[1:])]
 
 
 def distinct_points(trials: Iterable[Any], axes: list[Axis]) -> list[dict[str, Any]]:

@@ -1,19 +1,12 @@
 """The sweep file: ``load_spec(path, profile=..., sets=...) -> SweepSpec``, with ALL validation before Ray starts.
 
-A sweep file is YAML (format: ``sweeps/README.md``). Loading it:
-
-1. parses it with a safe loader that also records the line of every key (and refuses duplicate keys, which
-   PyYAML silently keeps the last of) and reads ``1e-3`` as a number (YAML 1.1 reads it as a string);
-2. overlays the chosen profile (``profiles.<name>``, deep-merged: mappings merge, anything else replaces) and
-   the ``--set key=value`` overrides, remembering where every value came from;
-3. checks the structure (pydantic, strict: unknown keys, wrong types), the axes (empty, lo > hi, log of <= 0,
-   a continuous axis in a grid), the search (num_samples, metric/mode, ASHA's epoch metric) and the size
-   (more than ``MAX_TRIALS_WITHOUT_YES`` trials needs ``--yes``);
-4. builds the training core's ``RunConfig`` for every trial (grid, random) or for the probe points of a
-   sampled space (optuna: every choice and both ends of every range), so an unknown model, method, dataset,
-   activation or attack, or a method parameter out of range, is refused now, not an hour into the sweep;
-   ``ConfigError.key`` is mapped back to the line of the sweep file (the axis or the ``base`` key);
-5. checks that ``metric`` is produced by every trial.
+A sweep file is YAML; its format and rules (profiles, ``--set``, axes, search, ``metric``) are in
+``sweeps/README.md``. Loading parses it recording the line of every key (duplicate keys, which PyYAML silently
+keeps the last of, are refused), overlays the profile and the ``--set`` overrides remembering where every value
+came from, checks the structure (pydantic, strict), the axes, the search and the size, then builds the training
+core's ``RunConfig`` for every trial (or for the probe points of a sampled space: every choice and both ends of
+every range), so an unknown model, method, dataset, activation or attack, or a method parameter out of range, is
+refused now, not an hour into the sweep, and checks that ``metric`` is produced by every trial.
 
 Every problem becomes a :class:`SpecError` naming the file, line, key and value; all of them are collected and
 raised together as :class:`SpecErrors`. The CLI prints them and exits with code 2. Nothing is written and
@@ -44,9 +37,6 @@ NO_PROFILE = "none"  # `--profile none`: the file without any overlay
 
 # keys the orchestrator owns; a sweep file may not set them
 RESERVED_RUN_KEYS = ("out_dir", "name", "seed")
-
-
-# --------------------------------------------------------------------------------------------- errors
 
 
 @dataclass
@@ -83,9 +73,6 @@ def _show(v: Any) -> str:
     return s if len(s) <= 80 else s[:77] + "..."
 
 
-# --------------------------------------------------------------------------------------------- YAML with lines
-
-
 # Hostile input is refused while loading, in well under a second, before anything walks the document: a sweep
 # file is a few KB, at most ~6 levels deep, with a few hundred values; these bounds are far above that.
 MAX_FILE_BYTES = 1 << 20  # a sweep file (or one --set value) larger than 1 MiB is refused unread
@@ -103,10 +90,8 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader (no tags that build objects, nothing evaluated) that reads ``1e-3`` as a float and refuses
     documents nested deeper than ``MAX_DEPTH`` or with more than ``MAX_NODES`` values while composing them."""
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._nodes = 0
+    _depth = 0  # per loader: the first += makes them instance attributes
+    _nodes = 0
 
     def fetch_flow_collection_start(self, token_class: Any) -> None:
         # the scanner looks up to 1024 characters ahead with a cost that grows with the flow level, so
@@ -159,11 +144,8 @@ def _check_expansion(root: yaml.Node) -> None:
         stack.extend((c, False) for c in kids)
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 Path_ = tuple  # a path into the document: ("axes", "method.k", 0)
@@ -201,9 +183,8 @@ def parse_yaml(text: str, where: str) -> tuple[Any, dict[Path_, int]]:
         dups: list[tuple[Path_, int]] = []
         _walk(node, (), lines, dups)
         if dups:
-            raise SpecErrors(
-                [SpecError(f"{where}:{ln}", _dotted(p), _MISSING, "duplicate key (YAML would silently keep the last one)", ln) for p, ln in dups]
-            )
+            raise SpecErrors([SpecError(f"{where}:{ln}", _dotted(p), _MISSING, "duplicate key (YAML would silently keep the last one)", ln)
+                              for p, ln in dups])
         return loader.construct_document(node), lines
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -260,9 +241,6 @@ def _deep_merge(base: Any, over: Any) -> Any:
             out[k] = _deep_merge(base[k], v) if k in base else v
         return out
     return over
-
-
-# --------------------------------------------------------------------------------------------- structure
 
 
 class _Strict(BaseModel):
@@ -333,9 +311,6 @@ def _pydantic_errors(err: ValidationError, origins: _Origins) -> list[SpecError]
             problem = e["msg"]
         out.append(origins.error(path, value, problem))
     return out
-
-
-# --------------------------------------------------------------------------------------------- the result
 
 
 @dataclass
@@ -411,17 +386,8 @@ def trial_key(sweep_name: str, swept: Mapping[str, Any], seed: int, extra: Any =
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 
-# --------------------------------------------------------------------------------------------- loading
-
-
-def load_spec(
-    path: str | Path,
-    *,
-    profile: str | None = None,
-    sets: list[str] | tuple[str, ...] = (),
-    yes: bool = False,
-    check_configs: bool = True,
-) -> SweepSpec:
+def load_spec(path: str | Path, *, profile: str | None = None, sets: list[str] | tuple[str, ...] = (), yes: bool = False,
+              check_configs: bool = True) -> SweepSpec:
     """Load and validate a sweep file.
 
     Args:
@@ -503,13 +469,12 @@ def load_spec(
         if isinstance(doc.get("base"), dict):  # and the run config's, so that every typo is reported at once
             point = (probe_points(axes_) or [{}])[0]
             d = json.loads(json.dumps({**doc["base"], "seed": 0, "name": "validate", "out_dir": "/nonexistent/validate"}, default=str))
-
             try:
                 for k, v in point.items():
                     set_dotted(d, k, json.loads(json.dumps(v)))
             except ConfigError:
                 pass  # a section that is not one: reported by the full check once the structure is right
-            errors += [_config_error(None, origins, e, point, "") for e in config_problems(d)[1]]
+            errors += [_config_error(origins, e, point, "") for e in config_problems(d)[1]]
         raise SpecErrors(errors) from None
     errors = []
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", model.name) or ".." in model.name:
@@ -554,7 +519,7 @@ def load_spec(
     if st is not None:
         if not alg.storage:
             errors.append(origins.error(("search", "storage"), st, "only an optuna search keeps a study storage"))
-        elif not (st.startswith("sqlite:////") or st.startswith(("postgresql", "mysql"))):
+        elif not st.startswith(("sqlite:////", "postgresql", "mysql")):
             errors.append(origins.error(("search", "storage"), st, "expected sqlite:////abs/path.db (an absolute path), "
                                         "postgresql://... or mysql://..."))
     uri = model.tracking.uri
@@ -566,10 +531,7 @@ def load_spec(
         raise SpecErrors(errors)
 
     # ---------------------------------------------------------------- size
-    if not alg.samples:
-        n_points = math.prod(len(a.values) for a in axes) if axes else 1
-    else:
-        n_points = model.search.num_samples or 0
+    n_points = (model.search.num_samples or 0) if alg.samples else math.prod(len(a.values) for a in axes)  # no axes: 1
     num_trials = n_points * len(seeds)
     if num_trials > MAX_TRIALS_WITHOUT_YES and not yes:
         p = ("search", "num_samples") if alg.samples else ("axes",)
@@ -592,11 +554,11 @@ def load_spec(
         origins=origins,
     )
     if check_configs:
-        _check_run_configs(spec, origins)
+        _check_run_configs(spec)
     return spec
 
 
-def _apply_set(doc: dict[str, Any], text: str, origins: _Origins) -> None:
+def _apply_set(doc: dict[str, Any], text: str, origins: _Origins) -> tuple[Path_, Any]:
     where = f"--set {text}"
     if "=" not in text:
         raise SpecError(where, text, _MISSING, "expected key=value (e.g. base.epochs=2, seeds=3, axes.method.k=[1,40])")
@@ -613,20 +575,11 @@ def _apply_set(doc: dict[str, Any], text: str, origins: _Origins) -> None:
         hint = f"; did you mean base.{key}?" if parts[0] not in SweepFile.model_fields else ""
         raise SpecError(where, key, value, f"unknown sweep key '{parts[0]}'; known: {', '.join(k for k in SweepFile.model_fields if k not in ('profiles', 'default_profile'))}{hint}")
     path: Path_ = ("axes", ".".join(parts[1:])) if parts[0] == "axes" and len(parts) > 1 else tuple(parts)
-    cur: Any = doc
-    for p in path[:-1]:
-        nxt = cur.get(p) if isinstance(cur, dict) else None
-        if nxt is None:
-            nxt = {}
-            cur[p] = nxt
-        if not isinstance(nxt, dict):
-            raise SpecError(where, key, value, f"'{p}' is not a section")
-        cur = nxt
-    cur[path[-1]] = value
-    origins.map[path] = (where, None)
-    for p in list(origins.map):
-        if len(p) > len(path) and p[: len(path)] == path:
-            origins.map[p] = (where, None)
+    try:
+        set_dotted(doc, path, value)
+    except ConfigError as e:
+        raise SpecError(where, key, value, e.problem) from None
+    origins.map.update({p: (where, None) for p in [path, *origins.map] if p[:len(path)] == path})  # the value and all below it
     return path, value
 
 
@@ -650,11 +603,9 @@ def _sets_under_axes(sets: list[tuple[str, Path_, Any]], axes: list[Axis], base:
                 continue
             problem = None
             try:  # the value where it would land, beside the swept values of the first point
-                d = json.loads(json.dumps(base))
-                for k, v in (probe_points(axes) or [{}])[0].items():
-                    set_dotted(d, k, json.loads(json.dumps(v)))
-                set_dotted(d, key, json.loads(json.dumps(value)))
-                RunConfig.from_dict({**d, "seed": 0, "name": "check", "out_dir": "/nonexistent/check"})
+                d = run_dict(base, (probe_points(axes) or [{}])[0], 0, name="check", out_dir="/nonexistent/check")
+                set_dotted(d, key, json.loads(json.dumps(value)))  # never seed, name or out_dir: no axis sets those
+                RunConfig.from_dict(d)
             except ConfigError as e:
                 if e.key == key or e.key.startswith(key + ".") or key.startswith(e.key + "."):
                     problem = e.problem
@@ -677,20 +628,17 @@ def _parse_seeds(raw: Any, base: Mapping[str, Any], origins: _Origins, errors: l
     if raw is _MISSING or raw is None:
         s = base.get("seed", 0)
         return [s] if isinstance(s, int) and not isinstance(s, bool) else [0]
-    if isinstance(raw, bool):
-        pass
-    elif isinstance(raw, int):
+    if isinstance(raw, int) and not isinstance(raw, bool):  # a bool is refused below
         if raw >= 1:
             return list(range(raw))
         errors.append(origins.error(("seeds",), raw, "a count of seeds must be >= 1"))
         return [0]
-    elif isinstance(raw, list):
+    if isinstance(raw, list):
         if not raw:
             errors.append(origins.error(("seeds",), raw, "empty: give a list of seeds or a count"))
             return [0]
         bad = [i for i, s in enumerate(raw) if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-        for i in bad:
-            errors.append(origins.error(("seeds", i), raw[i], "a seed must be an integer >= 0"))
+        errors.extend(origins.error(("seeds", i), raw[i], "a seed must be an integer >= 0") for i in bad)
         if not bad and len(set(raw)) != len(raw):
             errors.append(origins.error(("seeds",), raw, "repeated seed (each seed runs once per config)"))
         return [s for s in raw if isinstance(s, int)] or [0]
@@ -765,21 +713,16 @@ def _parse_axes(raw: Mapping[str, Any], origins: _Origins, errors: list[SpecErro
 
 def tracking_uri_problem(uri: str) -> str | None:
     """Why a tracking URI can't work, or None. Relative paths are refused: Ray trials run elsewhere (stack.md Q3)."""
-    if uri.startswith(("http://", "https://", "databricks")):
+    if uri.startswith(("http://", "https://", "databricks", "/")):
         return None
     if uri.startswith("sqlite:///"):
         return None if uri.startswith("sqlite:////") else "use an absolute path: sqlite:////abs/path/mlflow.db"
     if uri.startswith("file:"):
         return None if uri.startswith("file:///") else "use an absolute file:///path"
-    if uri.startswith("/"):
-        return None
     return "expected http(s)://host:port, sqlite:////abs/path.db or an absolute path"
 
 
-# --------------------------------------------------------------------------------------------- run configs
-
-
-def _config_error(spec: SweepSpec, origins: _Origins, e: Any, swept: Mapping[str, Any], label: str) -> SpecError:
+def _config_error(origins: _Origins, e: Any, swept: Mapping[str, Any], label: str) -> SpecError:
     """Map a training ConfigError (dotted RunConfig key, ``method.k``) back to where the value came from in the sweep
     file: the axis that sets it, else the ``base`` key, through the same ``origins`` as the sweep file's own errors."""
     key = re.sub(r"\[\d+\]$", "", e.key)
@@ -819,7 +762,7 @@ def config_problems(d: dict[str, Any], limit: int = 20) -> tuple[Any, list[Any]]
     return None, errs
 
 
-def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
+def _check_run_configs(spec: SweepSpec) -> None:
     """Build the RunConfig of every trial (or of every probe point) and check the metric; raise SpecErrors."""
     points = distinct_points(spec.trials, spec.axes)  # one config per distinct point: seeds don't change validity
     errors: dict[tuple[str, str], SpecError] = {}
@@ -834,7 +777,7 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
         else:
             cfg, errs = config_problems(d)
         for e in errs:
-            err = _config_error(spec, origins, e, p, label)
+            err = _config_error(spec.origins, e, p, label)
             errors.setdefault((err.key, e.problem), err)
         if cfg is not None:
             configs.append((label, cfg))
@@ -848,12 +791,12 @@ def _check_run_configs(spec: SweepSpec, origins: _Origins) -> None:
         if missing:
             sample = sorted(metrics.final_keys(configs[0][1]))
             finals = [m for m in sample if "/" in m and m.split("/")[0] in ("best", "last")]
-            raise SpecErrors([origins.error(("metric",), spec.metric,
+            raise SpecErrors([spec.error(("metric",), spec.metric,
                 f"no such metric in {'any trial' if len(missing) == len(configs) else 'trials ' + ', '.join(missing[:5])}; "
                 f"epoch metrics: {', '.join(metrics.EPOCH_KEYS[1:])}; final metrics here: {', '.join(finals[:12])}{' ...' if len(finals) > 12 else ''}")])
     for _, cfg in configs[:1]:
         if cfg.device.startswith("cuda") and spec.resources.gpu == 0:
-            raise SpecErrors([origins.error(("resources", "gpu"), 0, f"trials ask for device {cfg.device} but get no GPU: set resources.gpu (or device: auto)")])
+            raise SpecErrors([spec.error(("resources", "gpu"), 0, f"trials ask for device {cfg.device} but get no GPU: set resources.gpu (or device: auto)")])
 
 
 def check_resources(spec: SweepSpec, cpus: float, gpus: float, where: str = "this machine") -> None:

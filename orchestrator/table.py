@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,7 @@ class Group:
         return self._stats[col]
 
     def outcomes(self) -> str:
-        c: dict[str, int] = {}
-        for r in self.rows:
-            c[r.get("outcome") or "?"] = c.get(r.get("outcome") or "?", 0) + 1
+        c = Counter(r.get("outcome") or "?" for r in self.rows)
         short = {"finished": "ok", "catastrophic_overfitting": "CO", "diverged": "div", "failed": "fail", "stopped": "stop"}
         co = sorted(r["co_epoch"] for r in self.rows if isinstance(r.get("co_epoch"), int))
         where = f" (epoch {', '.join(map(str, co))})" if co else ""  # catastrophic overfitting: at which epochs
@@ -88,12 +87,6 @@ def summarize(gs: list[Group], cols: list[str]) -> None:
 def mean_sd(xs: list[float]) -> tuple[float, float]:
     """Mean and sample std of a non-empty list (std 0 for one value)."""
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def load(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    from orchestrator.results import read_rows
-
-    return read_rows(path)
 
 
 def swept_keys(meta: dict[str, str]) -> list[str]:
@@ -160,10 +153,7 @@ def _parse(v: Any) -> Any:
 
 
 def eps_of(rows: list[dict[str, Any]]) -> str:
-    for r in rows:
-        if r.get("config.threat.eps_255") is not None:
-            return f"{float(r['config.threat.eps_255']):g}"
-    return "8"
+    return next((f"{float(r['config.threat.eps_255']):g}" for r in rows if r.get("config.threat.eps_255") is not None), "8")
 
 
 def columns_present(rows: list[dict[str, Any]], eps: str) -> list[tuple[str, str]]:
@@ -310,9 +300,5 @@ def best_epoch_value(gs: list[Group], key: str = ROBUST_KEY) -> float | None:
 
 def threshold_times(gs: list[Group], threshold: float, key: str = ROBUST_KEY) -> list[tuple[Group, list[tuple[dict[str, Any], tuple[float, int] | None]]]]:
     """Per group: (trial row, (seconds, epoch) or None when never reached) for every trial with epoch records."""
-    out = []
-    for g in gs:
-        trials = [(r, time_to_threshold(recs, threshold, key)) for r in g.rows if (recs := trial_records(r))]
-        out.append((g, trials))
-    return out
+    return [(g, [(r, time_to_threshold(recs, threshold, key)) for r in g.rows if (recs := trial_records(r))]) for g in gs]
 

@@ -24,16 +24,8 @@ import torch.nn as nn
 
 from training.registry import ACTIVATIONS
 
-__all__ = [
-    "ACTIVATION_DEFAULT_ALPHA",
-    "PHASES",
-    "SMOOTH_GRAD_FOR",
-    "ReLUSoftplusGrad",
-    "SmoothReLU",
-    "current_phase",
-    "grad_phase",
-    "make_activation",
-]
+__all__ = ["ACTIVATION_DEFAULT_ALPHA", "PHASES", "SMOOTH_GRAD_FOR", "ReLUSoftplusGrad", "SmoothReLU", "current_phase",
+           "grad_phase", "make_activation"]
 
 # Shape parameter α of each activation (None: the activation has no parameter; passing alpha is an error).
 ACTIVATION_DEFAULT_ALPHA: dict[str, float | None] = {
@@ -46,9 +38,6 @@ ACTIVATION_DEFAULT_ALPHA: dict[str, float | None] = {
     "smooth_relu": 400.0,  # *initial* α = r², r learnable, initialised at 20 (SAT TF code)
     "relu_softplus_grad": 10.0,  # α of the sigmoid(αx) surrogate gradient
 }
-
-# ----------------------------------------------------------------------------------------------------------------
-# Gradient phase
 
 PHASES = ("attack", "train", "eval")
 SMOOTH_GRAD_FOR = ("attacker", "optimizer", "both", "none")
@@ -81,10 +70,6 @@ def grad_phase(phase: str) -> Iterator[None]:
         yield
     finally:
         _PHASE = previous
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Modules
 
 
 class SmoothReLU(nn.Module):
@@ -127,10 +112,7 @@ class _ReLUSoftplusGradFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        if ctx.smooth:
-            grad_in = grad_out * torch.sigmoid(ctx.alpha * x)
-        else:
-            grad_in = grad_out * (x > 0).to(grad_out.dtype)
+        grad_in = grad_out * (torch.sigmoid(ctx.alpha * x) if ctx.smooth else (x > 0).to(grad_out.dtype))
         # Written with differentiable ops (no once_differentiable): double backprop (e.g. GradAlign) works.
         return grad_in, None, None
 
@@ -153,12 +135,7 @@ class ReLUSoftplusGrad(nn.Module):
         self.smooth_grad_for = smooth_grad_for
 
     def _smooth_now(self) -> bool:
-        phase = _PHASE
-        if phase == "attack":
-            return self.smooth_grad_for in ("attacker", "both")
-        if phase == "train":
-            return self.smooth_grad_for in ("optimizer", "both")
-        return False
+        return self.smooth_grad_for in {"attack": ("attacker", "both"), "train": ("optimizer", "both")}.get(_PHASE, ())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.is_grad_enabled() and x.requires_grad):
@@ -169,10 +146,7 @@ class ReLUSoftplusGrad(nn.Module):
         return f"alpha={self.alpha:g}, smooth_grad_for={self.smooth_grad_for!r}"
 
 
-# ----------------------------------------------------------------------------------------------------------------
 # Registry entries: factories returning a fresh module. Parametrised ones take ``alpha``.
-
-
 @ACTIVATIONS.register("relu")
 def _relu() -> nn.Module:
     return nn.ReLU()

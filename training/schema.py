@@ -5,10 +5,8 @@ method's parameters (one pydantic model per method, the members of ``MethodParam
 ``orch sweep --dry-run`` check a sweep file in about a second instead of importing torch (~10 s, 800 MB).
 The plug-ins still register themselves where they are defined (``training/registry.py``); the tables here are the
 names they register, and ``tests/training/test_schema.py`` checks that both agree, so a new model, dataset,
-activation, method or evaluation column that is missing here fails that test rather than drifting.
-
-A method's typed knobs live here (``FGSMSDIParams``) and its class points at them (``Params = FGSMSDIParams``).
-A new method adds its model here, with ``name: Literal["its_name"]``, and to ``METHOD_PARAMS``.
+activation, method or evaluation column that is missing here fails that test rather than drifting. A method's
+class points at its model here (``Params = FGSMSDIParams``); adding one: ``docs/architecture.md``.
 """
 from __future__ import annotations
 
@@ -31,7 +29,6 @@ ACTIVATIONS = ("celu", "elu", "gelu", "relu", "relu_softplus_grad", "silu", "smo
 # the evaluation columns, in the order of ``training.attacks.presets.EVAL_PRESETS``
 EVAL_COLUMNS = tuple(metrics.COLUMNS)  # the final evaluation's columns (training/metrics.py names and labels them)
 
-# --------------------------------------------------------------------------------------------- value types
 # strict: no implicit conversion ("3" is not 3, true is not 1), except int -> float widening; floats are finite
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict(), AllowInfNan(False)]
@@ -68,7 +65,6 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-# --------------------------------------------------------------------------------------------- method parameters
 Alpha255 = Annotated[Float, Field(gt=0)] | None  # step size in /255 units (None: the method's default)
 
 

@@ -47,9 +47,8 @@ class StepContext:
         with self.autocast():
             return self.model(x).float()
 
-    def input_grad(
-        self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable = F.cross_entropy, create_graph: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def input_grad(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable = F.cross_entropy,
+                   create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(∇ₓ loss(f(x), y), logits), in the attack phase, with respect to the input only."""
         x = x.detach().requires_grad_(True)
         with grad_phase("attack"):
@@ -58,9 +57,8 @@ class StepContext:
             (g,) = torch.autograd.grad(loss, x, create_graph=create_graph)
         return g, logits.detach()
 
-    def train_on(
-        self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable = F.cross_entropy, extra: Callable | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_on(self, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable = F.cross_entropy,
+                 extra: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One weight update on (x, y): forward, loss (+ ``extra(logits)``), backward, step, schedule step."""
         with grad_phase("train"):
             logits = self.forward(x)

@@ -55,7 +55,6 @@ class FGSMGA(Method):
     """
 
     Params = FGSMGAParams
-
     passes = {"fwd": 3, "bwd_full": 2, "bwd_input": 1}  # + a double backprop through the g2 graph
 
     @property
@@ -96,7 +95,6 @@ class FGSMCKPT(Method):
     """
 
     Params = FGSMCKPTParams
-
     passes = {"fwd": 2 + 2 / 3, "bwd_full": 1, "bwd_input": 1}  # checkpoint forwards only on the correct subset
 
     def step(self, x, y, it):

@@ -35,9 +35,7 @@ class Generator(nn.Module):
     def __init__(self, in_channels: int = 3, width: int = 64, eps: float = 8 / 255) -> None:
         super().__init__()
         self.eps = eps
-        self.stem = nn.Sequential(
-            nn.Conv2d(2 * in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width, eps=1e-3), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(2 * in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width, eps=1e-3), nn.ReLU())
         self.block = nn.Sequential(
             nn.BatchNorm2d(width, affine=False), nn.PReLU(init=0.25), nn.Conv2d(width, width, 3, 1, 1),
             nn.BatchNorm2d(width, affine=False), nn.PReLU(init=0.25), nn.Conv2d(width, width, 3, 1, 1),
@@ -69,9 +67,7 @@ class FGSMSDI(Method):
     def _ensure_generator(self, channels: int) -> None:
         if self.gen is None:
             self.gen = Generator(channels, self.p.gen_width, self.eps).to(self.ctx.device)
-            self.gen_opt = torch.optim.Adam(
-                self.gen.parameters(), lr=self.p.gen_lr, weight_decay=self.p.gen_weight_decay
-            )
+            self.gen_opt = torch.optim.Adam(self.gen.parameters(), lr=self.p.gen_lr, weight_decay=self.p.gen_weight_decay)
 
     def _loss(self, logits, y):
         return smoothed_ce(logits, y, self.p.label_smoothing)

@@ -36,7 +36,6 @@ from training.schema import FreeParams
 @METHODS.register("free")
 class Free(Method):
     Params = FreeParams
-
     passes = {"fwd": 1, "bwd_full": 1, "bwd_input": 0}  # per replay
 
     def __init__(self, params, ctx):

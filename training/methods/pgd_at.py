@@ -15,7 +15,6 @@ from training.schema import PGDATParams
 @METHODS.register("pgd_at")
 class PGDAT(Method):
     Params = PGDATParams
-
     passes = {"fwd": 11, "bwd_full": 1, "bwd_input": 10}
 
     def step(self, x, y, it):

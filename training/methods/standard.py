@@ -9,7 +9,6 @@ from training.schema import StandardParams
 @METHODS.register("standard")
 class Standard(Method):
     Params = StandardParams
-
     passes = {"fwd": 1, "bwd_full": 1, "bwd_input": 0}
     attacks = False  # clean accuracy far above PGD accuracy is expected here, not catastrophic overfitting
 

@@ -23,19 +23,9 @@ from training.models import scaling as _scaling  # noqa: F401  (registers the to
 __all__ = ["MODELS", "NetSpec", "Normalized", "create_model"]
 
 
-def create_model(
-    name: str,
-    *,
-    num_classes: int,
-    in_channels: int = 3,
-    image_size: int = 32,
-    activation: str = "relu",
-    act_alpha: float | None = None,
-    smooth_grad_for: str = "both",
-    width: int | None = None,
-    mean: Sequence[float] | torch.Tensor | None = None,
-    std: Sequence[float] | torch.Tensor | None = None,
-) -> nn.Module:
+def create_model(name: str, *, num_classes: int, in_channels: int = 3, image_size: int = 32, activation: str = "relu",
+                 act_alpha: float | None = None, smooth_grad_for: str = "both", width: int | None = None,
+                 mean: Sequence[float] | torch.Tensor | None = None, std: Sequence[float] | torch.Tensor | None = None) -> nn.Module:
     """Build a randomly initialised classifier with the normalisation inside it.
 
     Args:
@@ -52,12 +42,7 @@ def create_model(
             the torchvision models refuse it.
         mean, std: per-channel statistics (length ``in_channels``, or one value for all); default 0 and 1.
 
-    Returns:
-        ``Normalized(net, mean, std)``: ``forward(x)`` computes ``net((x - mean) / std)`` on [0,1] inputs.
-
-    Example:
-        >>> model = create_model("resnet18", num_classes=10, activation="smooth_relu")
-        >>> logits = model(torch.rand(8, 3, 32, 32))
+    Returns ``Normalized(net, mean, std)``: ``forward(x)`` computes ``net((x - mean) / std)`` on [0,1] inputs.
     """
     builder = MODELS.get(name)
     net = builder(NetSpec(num_classes, in_channels, image_size, activation, act_alpha, smooth_grad_for, width))

@@ -27,9 +27,7 @@ class NetSpec:
 
     def check(self) -> None:
         if self.num_classes < 1 or self.in_channels < 1 or self.image_size < 1:
-            raise ValueError(
-                f"num_classes={self.num_classes}, in_channels={self.in_channels}, image_size={self.image_size} must be ≥ 1"
-            )
+            raise ValueError(f"num_classes={self.num_classes}, in_channels={self.in_channels}, image_size={self.image_size} must be ≥ 1")
 
     def act(self) -> ActFactory:
         """A factory of the activation, one module per call (tried once here: a bad name or alpha fails before a

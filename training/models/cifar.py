@@ -26,9 +26,9 @@ from training.registry import MODELS
 __all__ = ["PreActResNet", "ResNetCifar", "SmallCNN", "WideResNet"]
 
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# small_cnn
+def _stage(block: type[nn.Module], in_planes: int, planes: int, n: int, stride: int, act: ActFactory) -> nn.Sequential:
+    """``n`` blocks of ``planes`` channels: the first from ``in_planes`` with ``stride``, the others with stride 1."""
+    return nn.Sequential(*[block(in_planes if i == 0 else planes, planes, stride if i == 0 else 1, act) for i in range(n)])
 
 
 class SmallCNN(nn.Module):
@@ -64,15 +64,9 @@ def small_cnn(s: NetSpec) -> nn.Module:
     return SmallCNN(s.in_channels, s.num_classes, 32 if s.width is None else s.width, s.act())
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# preact_resnet18 (Wong et al.)
-
-
 class PreActBlock(nn.Module):
     """Pre-activation basic block, as Wong's code: note the projection shortcut takes the *raw* input x (not
     act(bn1(x)) as in He et al.'s pre-activation paper and kuangliu's copy)."""
-
-    expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int, act: ActFactory) -> None:
         super().__init__()
@@ -97,22 +91,14 @@ class PreActBlock(nn.Module):
 class PreActResNet(nn.Module):
     def __init__(self, num_blocks: list[int], in_channels: int, num_classes: int, width: int, act: ActFactory):
         super().__init__()
-        self.in_planes = width
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
-        self.layer1 = self._make_layer(width, num_blocks[0], 1, act)
-        self.layer2 = self._make_layer(2 * width, num_blocks[1], 2, act)
-        self.layer3 = self._make_layer(4 * width, num_blocks[2], 2, act)
-        self.layer4 = self._make_layer(8 * width, num_blocks[3], 2, act)
+        self.layer1 = _stage(PreActBlock, width, width, num_blocks[0], 1, act)
+        self.layer2 = _stage(PreActBlock, width, 2 * width, num_blocks[1], 2, act)
+        self.layer3 = _stage(PreActBlock, 2 * width, 4 * width, num_blocks[2], 2, act)
+        self.layer4 = _stage(PreActBlock, 4 * width, 8 * width, num_blocks[3], 2, act)
         self.bn = nn.BatchNorm2d(8 * width)
         self.act = act()
         self.linear = nn.Linear(8 * width, num_classes)
-
-    def _make_layer(self, planes: int, num_blocks: int, stride: int, act: ActFactory) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(PreActBlock(self.in_planes, planes, s, act))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)
@@ -128,13 +114,7 @@ def preact_resnet18(s: NetSpec) -> nn.Module:
     return PreActResNet([2, 2, 2, 2], s.in_channels, s.num_classes, 64 if s.width is None else s.width, s.act())
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# resnet18 (FGSM-SDI models/resnet.py, kuangliu style)
-
-
 class BasicBlock(nn.Module):
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int, act: ActFactory) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
@@ -144,10 +124,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False), nn.BatchNorm2d(planes))
         self.act2 = act()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,22 +136,14 @@ class BasicBlock(nn.Module):
 class ResNetCifar(nn.Module):
     def __init__(self, num_blocks: list[int], in_channels: int, num_classes: int, width: int, act: ActFactory):
         super().__init__()
-        self.in_planes = width
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.act = act()
-        self.layer1 = self._make_layer(width, num_blocks[0], 1, act)
-        self.layer2 = self._make_layer(2 * width, num_blocks[1], 2, act)
-        self.layer3 = self._make_layer(4 * width, num_blocks[2], 2, act)
-        self.layer4 = self._make_layer(8 * width, num_blocks[3], 2, act)
+        self.layer1 = _stage(BasicBlock, width, width, num_blocks[0], 1, act)
+        self.layer2 = _stage(BasicBlock, width, 2 * width, num_blocks[1], 2, act)
+        self.layer3 = _stage(BasicBlock, 2 * width, 4 * width, num_blocks[2], 2, act)
+        self.layer4 = _stage(BasicBlock, 4 * width, 8 * width, num_blocks[3], 2, act)
         self.linear = nn.Linear(8 * width, num_classes)
-
-    def _make_layer(self, planes: int, num_blocks: int, stride: int, act: ActFactory) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s, act))
-            self.in_planes = planes
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
@@ -187,10 +156,6 @@ class ResNetCifar(nn.Module):
 def resnet18(s: NetSpec) -> nn.Module:
     s.check()
     return ResNetCifar([2, 2, 2, 2], s.in_channels, s.num_classes, 64 if s.width is None else s.width, s.act())
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# wrn34_10 (WideResNet, TRADES / robust-overfitting code)
 
 
 class WideBasic(nn.Module):
@@ -222,9 +187,7 @@ class WideBasic(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(
-        self, depth: int, widen_factor: int, in_channels: int, num_classes: int, drop_rate: float, act: ActFactory
-    ) -> None:
+    def __init__(self, depth: int, widen_factor: int, in_channels: int, num_classes: int, drop_rate: float, act: ActFactory) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
@@ -250,12 +213,8 @@ class WideResNet(nn.Module):
 
     @staticmethod
     def _make_block(n: int, in_planes: int, out_planes: int, stride: int, drop_rate: float, act: ActFactory):
-        return nn.Sequential(
-            *[
-                WideBasic(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate, act)
-                for i in range(n)
-            ]
-        )
+        return nn.Sequential(*[WideBasic(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate, act)
+                               for i in range(n)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))

@@ -35,14 +35,8 @@ class Normalized(nn.Module):
     (the identity, as the FGSM-SDI code in effect uses).
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        mean: Sequence[float] | torch.Tensor | None = None,
-        std: Sequence[float] | torch.Tensor | None = None,
-        *,
-        in_channels: int = 3,
-    ) -> None:
+    def __init__(self, net: nn.Module, mean: Sequence[float] | torch.Tensor | None = None,
+                 std: Sequence[float] | torch.Tensor | None = None, *, in_channels: int = 3) -> None:
         super().__init__()
         std_t = _channel_stat(std, in_channels, 1.0, "std")
         if not (std_t > 0).all():

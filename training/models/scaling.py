@@ -32,9 +32,7 @@ from training.registry import MODELS
 __all__ = ["replace_activations"]
 
 
-def replace_activations(
-    module: nn.Module, targets: tuple[type[nn.Module], ...], factory: Callable[[], nn.Module]
-) -> int:
+def replace_activations(module: nn.Module, targets: tuple[type[nn.Module], ...], factory: Callable[[], nn.Module]) -> int:
     """Replace, in place, every submodule that is an instance of ``targets`` by ``factory()``; returns the count.
 
     Module-level replacement only: it cannot see functional calls (torchvision's ResNets and EfficientNets make none
@@ -50,14 +48,8 @@ def replace_activations(
 
 
 def _replace_stem(old: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    new = nn.Conv2d(
-        in_channels,
-        old.out_channels,
-        kernel_size=old.kernel_size,
-        stride=old.stride,
-        padding=old.padding,
-        bias=old.bias is not None,
-    )
+    new = nn.Conv2d(in_channels, old.out_channels, kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
+                    bias=old.bias is not None)
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")  # torchvision's own conv init
     if new.bias is not None:
         nn.init.zeros_(new.bias)
