@@ -71,7 +71,19 @@ def test_one_mlflow_run_per_trial_nested_under_the_parent(grid_sweep) -> None:
         assert c.data.metrics["best/pgd10_eps8"] == pytest.approx(row["best/pgd10_eps8"])
         assert "pid" not in c.data.metrics and "timestamp" not in c.data.metrics  # no Tune bookkeeping
         arts = {a.path for a in client.list_artifacts(c.info.run_id)}
-        assert arts == {"config.json", "results.json", "robustness.json", "curves.png"}
+        # one epoch: no curves.png (a point, not a curve; test_trainable draws one for two epochs)
+        assert arts == {"config.json", "results.json", "robustness.json"}
+
+
+def test_only_epoch_records_carry_a_tune_checkpoint(grid_sweep) -> None:
+    """Issue 14: each of the four 1-epoch trials has one Tune checkpoint (its epoch), not two: the final record
+    carries none (a second one per trial forced a snapshot of the whole experiment after every trial). The driver
+    took the trial's results from its folder: MLflow has its results.json (test above)."""
+    trials = [d for d in (grid_sweep["dir"] / "ray").iterdir() if d.is_dir() and list(d.glob("checkpoint_*"))]
+    assert len(trials) == 4
+    for d in trials:
+        [ckpt] = d.glob("checkpoint_*")
+        assert (ckpt / "last.pt").exists() and not (ckpt / "results.json").exists()
 
 
 def test_predicted_metric_names_match_the_training_core(grid_sweep) -> None:
