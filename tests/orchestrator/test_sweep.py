@@ -170,3 +170,39 @@ def test_asha_cuts_a_weak_trial_and_lets_the_survivor_finish_its_evaluation(ray_
     runs = {r.info.run_name: r for r in _runs(tmp_path / "sweeps" / "asha", "asha") if "orch.trial_key" in r.data.tags}
     assert runs["lr=0.001,seed=0"].info.status == "KILLED" and runs["lr=0.1,seed=0"].info.status == "FINISHED"
     assert "Outcomes" in res.output and "1 stop" in res.output
+
+
+def test_the_sweep_driver_never_imports_torch(write_sweep, tmp_path) -> None:
+    """Issue 14: `orch sweep` runs no tensor in the driver, so it does not import torch (2-10 s and ~600 MB a
+    command): GPUs are counted as Ray counts them, the generated and embedded datasets are not checked through
+    torch, and nothing a worker reports unpickles into a torch object (its torch version was a TorchVersion).
+    A real sweep in its own process, with an import hook that refuses torch in the driver only (its Ray workers
+    inherit the environment with the hook switched off)."""
+    import os
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('ORCH_TEST_NO_TORCH') == 'driver':\n"
+        "    os.environ['ORCH_TEST_NO_TORCH'] = 'worker'  # what the workers Ray starts from here inherit\n"
+        "    class _Refuse:  # an import of torch, not importlib.util.find_spec (which only locates it)\n"
+        "        def find_spec(self, name, path=None, target=None):\n"
+        "            if name == 'torch' or name.startswith('torch.'):\n"
+        "                f = sys._getframe(1)\n"
+        "                while f is not None and f.f_globals.get('__name__') != 'importlib.util':\n"
+        "                    f = f.f_back\n"
+        "                if f is None:\n"
+        "                    raise ImportError('torch imported in the sweep driver')\n"
+        "    sys.meta_path.insert(0, _Refuse())\n")
+    f = write_sweep("no-torch", axes={"method.k": [1]}, seeds=2)
+    env = {**os.environ, "ORCH_TEST_NO_TORCH": "driver", "COLUMNS": "200",
+           "PYTHONPATH": os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH"), str(Path(__file__).resolve().parents[2])])])}
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(f), "--data-dir", str(tmp_path / "d")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "torch imported in the sweep driver" not in r.stdout + r.stderr
+    rows, _ = read_rows(tmp_path / "d" / "sweeps" / "no-torch" / "results.parquet")
+    assert sorted(r["status"] for r in rows) == ["finished", "finished"]
