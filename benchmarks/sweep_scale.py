@@ -15,8 +15,8 @@ evaluation on 64 test images; n/2 learning rates x 2 seeds. Run two ways, each i
 
 Printed per size: wall seconds (launch to exit), efficiency = Σ trial_s / (wall x CPUs), where trial_s is the
 time each trial function ran on its worker, orch/bare = bare wall / orch wall (orch's throughput relative to bare
-Tune's), the driver's peak RSS, and per-trial driver overhead = (orch wall - bare wall) / trials. Then a table of
-where a short trial's time goes, from the spans (driver: MLflow, Parquet, live view, the curves plot; worker:
+Tune's), the driver's peak RSS and CPU seconds (its own process, all threads), and per-trial driver overhead =
+(orch wall - bare wall) / trials. Then a table of where a short trial's time goes, from the spans (driver: MLflow, Parquet, live view, the curves plot; worker:
 actor start, imports, run() set-up, training, evaluation, reporting) and from direct measurements of data load,
 model build and a checkpoint write for this config.
 
@@ -114,8 +114,11 @@ def bare_main(n: int, folder: str, out_json: str) -> None:
         run_config=tune.RunConfig(name="bare", storage_path=folder, verbose=0),
     ).fit()
     trial_s = [r.metrics.get("time/trial_s", 0.0) for r in grid]
-    Path(out_json).write_text(json.dumps({"trial_s": trial_s, "errors": sum(r.error is not None for r in grid)}))
     ray.shutdown()
+    import resource
+
+    Path(out_json).write_text(json.dumps({"trial_s": trial_s, "errors": sum(r.error is not None for r in grid),
+                                          "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 
 
 def run_bare(n: int, tmp: Path) -> dict[str, Any]:
@@ -126,7 +129,7 @@ def run_bare(n: int, tmp: Path) -> dict[str, Any]:
     if rc != 0:
         raise SystemExit(f"bare run failed ({rc}); see {folder / 'log.txt'}")
     r = json.loads(out.read_text())
-    return {"wall": wall, "rss_mb": rss, "trial_s": r["trial_s"], "errors": r["errors"]}
+    return {"wall": wall, "rss_mb": rss, "trial_s": r["trial_s"], "errors": r["errors"], "cpu_s": r["cpu_s"]}
 
 
 # ---------------------------------------------------------------------------------------------- orch
@@ -144,7 +147,10 @@ def run_orch(n: int, tmp: Path) -> dict[str, Any]:
     if rc != 0:
         raise SystemExit(f"orch sweep failed ({rc}); see {folder / 'log.txt'}")
     rows, _ = read_rows(folder / "data" / "sweeps" / f"scale-{n}" / "results.parquet")
-    return {"wall": wall, "rss_mb": rss, "trial_s": [r.get("time/trial_s") or 0.0 for r in rows], "rows": rows,
+    from orchestrator.timing import read
+
+    cpu = sum(s["s"] for s in read(folder / "timing") if s["what"] == "driver/cpu")
+    return {"wall": wall, "rss_mb": rss, "cpu_s": cpu, "trial_s": [r.get("time/trial_s") or 0.0 for r in rows], "rows": rows,
             "timing": folder / "timing", "statuses": sorted({r["status"] for r in rows})}
 
 
@@ -333,7 +339,8 @@ def main() -> int:
                 r = res[way]
                 eff = sum(r["trial_s"]) / (r["wall"] * cpus)
                 print(f"{n:5d} trials  {way:4s}  wall {r['wall']:7.1f} s  Σ trial_s {sum(r['trial_s']):7.1f} s  "
-                      f"efficiency {eff:.2f}  driver peak RSS {r['rss_mb']:.0f} MB  ({len(r['trial_s'])} trials)", flush=True)
+                      f"efficiency {eff:.2f}  driver peak RSS {r['rss_mb']:.0f} MB, CPU {r['cpu_s']:.1f} s  "
+                      f"({len(r['trial_s'])} trials)", flush=True)
             if "bare" in res and "orch" in res:
                 b, o = res["bare"], res["orch"]
                 print(f"{n:5d} trials  orch/bare {b['wall'] / o['wall']:.2f}  "

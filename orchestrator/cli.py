@@ -119,9 +119,10 @@ def sweep(
     yes: YesOpt = False,
 ) -> None:
     """Run every trial of a sweep file on Ray Tune, log to MLflow, write results.parquet and the report."""
-    from orchestrator.timing import emit
+    from orchestrator.timing import emit, emit_cpu_at_exit
 
     emit("driver/command", 0.0)  # when the command starts (after its imports): benchmarks/sweep_scale.py
+    emit_cpu_at_exit("driver/cpu")
     spec = _load(file, profile, set_, yes)
     sdir = sweep_dir_for(spec, data_dir_)
     errors = []
