@@ -3,6 +3,7 @@
     python benchmarks/sweep_scale.py                  # 20, 100 and 500 trials, both ways, + bookkeeping at 2000
     python benchmarks/sweep_scale.py --quick          # 20 trials both ways + bookkeeping at 200 (~3 min here)
     python benchmarks/sweep_scale.py --sizes 100 --bookkeeping 0
+    python benchmarks/sweep_scale.py --sizes 100 --bookkeeping 0 --train-size 2048 --repeat 2   # ~1 s trials, twice
 
 The workload (issue 14): 1 epoch of ``standard`` on ``synthetic`` (512 training images), small_cnn width 4, clean
 evaluation on 64 test images; n/2 learning rates x 2 seeds. Run two ways, each in its own process:
@@ -14,8 +15,8 @@ evaluation on 64 test images; n/2 learning rates x 2 seeds. Run two ways, each i
 
 Printed per size: wall seconds (launch to exit), efficiency = Σ trial_s / (wall x CPUs), where trial_s is the
 time each trial function ran on its worker, orch/bare = bare wall / orch wall (orch's throughput relative to bare
-Tune's), the driver's peak RSS, and per-trial driver overhead = (orch wall - bare wall) / trials. Then a table of
-where a short trial's time goes, from the spans (driver: MLflow, Parquet, live view, the curves plot; worker:
+Tune's), the driver's peak RSS and CPU seconds (its own process, all threads), and per-trial driver overhead =
+(orch wall - bare wall) / trials. Then a table of where a short trial's time goes, from the spans (driver: MLflow, Parquet, live view, the curves plot; worker:
 actor start, imports, run() set-up, training, evaluation, reporting) and from direct measurements of data load,
 model build and a checkpoint write for this config.
 
@@ -37,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# --train-size / --epochs reach the child processes through these (default: the issue's workload)
 BASE = {
-    "epochs": 1,
-    "data": {"name": "synthetic", "train_size": 512, "test_size": 64},
+    "epochs": int(os.environ.get("ORCH_SCALE_EPOCHS", "1")),
+    "data": {"name": "synthetic", "train_size": int(os.environ.get("ORCH_SCALE_TRAIN_SIZE", "512")), "test_size": 64},
     "model": {"name": "small_cnn", "width": 4},
     "method": {"name": "standard"},
     "eval": {"attacks": ["clean"], "subset": 64},
@@ -112,8 +114,11 @@ def bare_main(n: int, folder: str, out_json: str) -> None:
         run_config=tune.RunConfig(name="bare", storage_path=folder, verbose=0),
     ).fit()
     trial_s = [r.metrics.get("time/trial_s", 0.0) for r in grid]
-    Path(out_json).write_text(json.dumps({"trial_s": trial_s, "errors": sum(r.error is not None for r in grid)}))
     ray.shutdown()
+    import resource
+
+    Path(out_json).write_text(json.dumps({"trial_s": trial_s, "errors": sum(r.error is not None for r in grid),
+                                          "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 
 
 def run_bare(n: int, tmp: Path) -> dict[str, Any]:
@@ -124,7 +129,7 @@ def run_bare(n: int, tmp: Path) -> dict[str, Any]:
     if rc != 0:
         raise SystemExit(f"bare run failed ({rc}); see {folder / 'log.txt'}")
     r = json.loads(out.read_text())
-    return {"wall": wall, "rss_mb": rss, "trial_s": r["trial_s"], "errors": r["errors"]}
+    return {"wall": wall, "rss_mb": rss, "trial_s": r["trial_s"], "errors": r["errors"], "cpu_s": r["cpu_s"]}
 
 
 # ---------------------------------------------------------------------------------------------- orch
@@ -142,7 +147,10 @@ def run_orch(n: int, tmp: Path) -> dict[str, Any]:
     if rc != 0:
         raise SystemExit(f"orch sweep failed ({rc}); see {folder / 'log.txt'}")
     rows, _ = read_rows(folder / "data" / "sweeps" / f"scale-{n}" / "results.parquet")
-    return {"wall": wall, "rss_mb": rss, "trial_s": [r.get("time/trial_s") or 0.0 for r in rows], "rows": rows,
+    from orchestrator.timing import read
+
+    cpu = sum(s["s"] for s in read(folder / "timing") if s["what"] == "driver/cpu")
+    return {"wall": wall, "rss_mb": rss, "cpu_s": cpu, "trial_s": [r.get("time/trial_s") or 0.0 for r in rows], "rows": rows,
             "timing": folder / "timing", "statuses": sorted({r["status"] for r in rows})}
 
 
@@ -301,7 +309,12 @@ def main() -> int:
     ap.add_argument("--bookkeeping", type=int, default=2000, help="trials of the bookkeeping-only run (0: skip)")
     ap.add_argument("--quick", action="store_true", help="--sizes 20 --bookkeeping 200")
     ap.add_argument("--keep", type=Path, default=None, help="keep the folders here (default: a temporary folder)")
+    ap.add_argument("--train-size", type=int, default=512, help="training images per trial (default 512: ~0.4 s trials here)")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs per trial (default 1)")
+    ap.add_argument("--repeat", type=int, default=1, help="run each size's ways this many times, alternating (noise)")
     args = ap.parse_args()
+    os.environ["ORCH_SCALE_TRAIN_SIZE"], os.environ["ORCH_SCALE_EPOCHS"] = str(args.train_size), str(args.epochs)
+    BASE["data"]["train_size"], BASE["epochs"] = args.train_size, args.epochs
     if args.quick:
         args.sizes, args.bookkeeping = "20", 200
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -317,19 +330,23 @@ def main() -> int:
     print(f"{cpus} CPUs, load average {os.getloadavg()[0]:.1f} at the start; workload: {json.dumps(BASE)}", flush=True)
     last_orch = None
     for n in sizes:
-        res = {}
-        for way in ways:
-            res[way] = run_bare(n, tmp) if way == "bare" else run_orch(n, tmp)
-            r = res[way]
-            eff = sum(r["trial_s"]) / (r["wall"] * cpus)
-            print(f"{n:5d} trials  {way:4s}  wall {r['wall']:7.1f} s  Σ trial_s {sum(r['trial_s']):7.1f} s  "
-                  f"efficiency {eff:.2f}  driver peak RSS {r['rss_mb']:.0f} MB  ({len(r['trial_s'])} trials)", flush=True)
-        if "bare" in res and "orch" in res:
-            b, o = res["bare"], res["orch"]
-            print(f"{n:5d} trials  orch/bare {b['wall'] / o['wall']:.2f}  "
-                  f"orch overhead {(o['wall'] - b['wall']) / n:+.3f} s per trial", flush=True)
-        if "orch" in res:
-            last_orch = res["orch"]
+        for rep in range(args.repeat):
+            res = {}
+            for way in ways:
+                sub = tmp / f"rep{rep}" if args.repeat > 1 else tmp
+                sub.mkdir(exist_ok=True)
+                res[way] = run_bare(n, sub) if way == "bare" else run_orch(n, sub)
+                r = res[way]
+                eff = sum(r["trial_s"]) / (r["wall"] * cpus)
+                print(f"{n:5d} trials  {way:4s}  wall {r['wall']:7.1f} s  Σ trial_s {sum(r['trial_s']):7.1f} s  "
+                      f"efficiency {eff:.2f}  driver peak RSS {r['rss_mb']:.0f} MB, CPU {r['cpu_s']:.1f} s  "
+                      f"({len(r['trial_s'])} trials)", flush=True)
+            if "bare" in res and "orch" in res:
+                b, o = res["bare"], res["orch"]
+                print(f"{n:5d} trials  orch/bare {b['wall'] / o['wall']:.2f}  "
+                      f"orch overhead {(o['wall'] - b['wall']) / n:+.3f} s per trial", flush=True)
+            if "orch" in res:
+                last_orch = res["orch"]
     if last_orch is not None:
         direct = direct_costs()
         n = len(last_orch["rows"])

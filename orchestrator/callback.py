@@ -28,6 +28,7 @@ from orchestrator.results import ResultsFile, trial_row
 from orchestrator.spec import SweepSpec
 from orchestrator.sweepdir import trial_dir
 from orchestrator.timing import emit, span
+from orchestrator.tracking import PARAMS_WAIT_S
 from orchestrator.trainable import CURVES_PNG, ERROR_KEY, TrialContext, run_config_dict
 from training.config import RunConfig
 
@@ -175,6 +176,8 @@ class SweepCallback(tune.Callback):
         if self.results.dirty:
             with span("driver/parquet"):
                 self.results.flush(force=False)
+        if self.tracker is not None and self.tracker.unsent:
+            self.tracker.send_params(older_than=PARAMS_WAIT_S)
         if self.tracker is not None and (self.tracker.pending or self.deferred):
             if not self.tracker.flush() and self.deferred:
                 with span("driver/mlflow_end"):  # trial ends held back by an MLflow outage
@@ -191,7 +194,9 @@ class SweepCallback(tune.Callback):
         cfg = self.config(t)
         out_dir = trial_dir(self.ctx.trials_dir, t["name"], t["key"])
         run_id = self.tracker.runs.get(t["key"]) if self.tracker is not None else None
-        src = Path(checkpoint.path) if checkpoint is not None else out_dir
+        # a finished trial's folder holds its results (its final record has no checkpoint); another's is reset to
+        # its last checkpoint by any retry, so that is what Tune, MLflow and the results know of it
+        src = Path(checkpoint.path) if checkpoint is not None and status != "finished" else out_dir
         epochs = metrics.read_epochs(src)
         with span("driver/parquet", t["key"]):
             self._upsert(t, trial_id, last, status, error, cfg, run_id, out_dir, epochs, write)
@@ -280,7 +285,8 @@ def _error_text(trial: Any) -> str:
 def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str, epochs: list[dict[str, Any]]) -> list[Path]:
     """Files logged to a trial's MLflow run: the resolved config, the results (with every epoch), the final
     robustness matrix and the curves plot of ``epochs`` (its metrics.jsonl records), written into ``tmp``. The
-    plot is the one its worker drew at the trial's end; the driver draws it only for a trial stopped before."""
+    plot is the one its worker drew at the trial's end; the driver draws it only for a trial stopped before. A
+    trial of one epoch has no curves to draw (its numbers are the run's metrics), so no plot."""
     out: list[Path] = []
     for f in (metrics.CONFIG_FILE, metrics.RESULTS_FILE, CURVES_PNG):
         if (src / f).exists():
@@ -291,7 +297,7 @@ def _trial_artifacts(src: Path, tmp: Path, final: dict[str, Any], name: str, epo
         p = tmp / "robustness.json"
         p.write_text(json.dumps(matrix, indent=2))
         out.append(p)
-    if epochs and not (tmp / CURVES_PNG).exists():
+    if len(epochs) >= 2 and not (tmp / CURVES_PNG).exists():
         from orchestrator.figures import plot_trial_curves
 
         with span("driver/curves_png"):

@@ -119,12 +119,16 @@ def sweep(
     yes: YesOpt = False,
 ) -> None:
     """Run every trial of a sweep file on Ray Tune, log to MLflow, write results.parquet and the report."""
+    from orchestrator.timing import emit, emit_cpu_at_exit
+
+    emit("driver/command", 0.0)  # when the command starts (after its imports): benchmarks/sweep_scale.py
+    emit_cpu_at_exit("driver/cpu")
     spec = _load(file, profile, set_, yes)
     sdir = sweep_dir_for(spec, data_dir_)
     errors = []
     if not address:
         try:
-            check_resources(spec, float(os.cpu_count() or 1), float(_gpu_count(dry_run)))
+            check_resources(spec, float(os.cpu_count() or 1), float(_gpu_count()))
         except SpecErrors as e:
             if not dry_run:
                 errors += e.errors
@@ -162,8 +166,6 @@ def sweep(
 def data_problems(spec: SweepSpec) -> list:
     """A SpecError for each distinct dataset of the sweep's trials that cannot be loaded on this machine (files
     missing, and not downloadable), with the loader's full message: which files, which folder, how to fix."""
-    from training.data import DatasetUnavailable, check_available
-
     points = distinct_points(spec.trials, spec.axes)
     seen: set[str] = set()
     out = []
@@ -173,8 +175,11 @@ def data_problems(spec: SweepSpec) -> list:
         if k in seen:
             continue
         seen.add(k)
-        if data.name not in ("digits", "synthetic"):
-            console.print(f"checking the data: {data.name} in {data.root}" + (" (downloading it if missing)" if data.download else ""), highlight=False)
+        if data.name in ("digits", "synthetic"):
+            continue  # embedded or generated: always there (and the check would import torch into the driver)
+        console.print(f"checking the data: {data.name} in {data.root}" + (" (downloading it if missing)" if data.download else ""), highlight=False)
+        from training.data import DatasetUnavailable, check_available
+
         try:
             check_available(data)
         except DatasetUnavailable as e:
@@ -184,13 +189,9 @@ def data_problems(spec: SweepSpec) -> list:
     return out
 
 
-def _gpu_count(dry_run: bool) -> int:
-    """GPUs on this machine. A dry run (which only warns) counts them without importing torch (~10 s, 800 MB),
-    as Ray does: ``CUDA_VISIBLE_DEVICES`` when set, else the NVIDIA driver's list."""
-    if not dry_run:
-        import torch
-
-        return torch.cuda.device_count()
+def _gpu_count() -> int:
+    """GPUs on this machine, counted without importing torch (2-10 s and ~700 MB in the driver, which never runs
+    a tensor) and as Ray counts what it schedules: ``CUDA_VISIBLE_DEVICES`` when set, else the NVIDIA driver's list."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         ids = [x.strip() for x in visible.split(",") if x.strip()]
@@ -252,10 +253,12 @@ def _print_summary(res: Any, sdir: Path, write: bool = True) -> None:
     from orchestrator.report import make_report
     from orchestrator.results import read_rows
     from orchestrator.table import render
+    from orchestrator.timing import span
 
     try:
         if write:
-            files = ", ".join(p.name for p in make_report(sdir, console=console)["files"])
+            with span("driver/report"):
+                files = ", ".join(p.name for p in make_report(sdir, console=console)["files"])
         else:
             console.print(render(*read_rows(sdir / "results.parquet"))[0])
             files = ", ".join(sorted(p.name for p in (sdir / "report").glob("*") if p.is_file()))

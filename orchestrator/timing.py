@@ -30,6 +30,15 @@ def emit(what: str, seconds: float, key: str | None = None) -> None:
         pass  # timing is a diagnostic: it never fails a sweep
 
 
+def emit_cpu_at_exit(what: str) -> None:
+    """At this process's exit, its CPU seconds (user + system, all threads) as a span of that length."""
+    if os.environ.get(ENV):
+        import atexit
+        import resource
+
+        atexit.register(lambda: emit(what, sum(resource.getrusage(resource.RUSAGE_SELF)[:2])))
+
+
 @contextmanager
 def span(what: str, key: str | None = None) -> Iterator[None]:
     if not os.environ.get(ENV):

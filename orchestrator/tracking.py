@@ -14,12 +14,12 @@ The only module that imports ``mlflow`` (lazily, inside :class:`Tracker`).
 - *Speed.* One ``log_batch`` per epoch, with the user metrics only. stack.md Q3 measured 13.6 s for the
   batched driver callback against 18.7 s for the stock per-metric callback (the same lean server; baseline
   13.2 s). Workers also skip ``import mlflow`` (2.4 s each) and keep no HTTP connection. Every call is paid once
-  per trial on the driver, so a trial costs few: ``create_run`` and one ``log_batch`` of params at its start, the
-  worker's tags in its first epoch's ``log_batch``, and at its end one ``log_batch`` (final numbers and outcome
-  tags), one ``log_artifacts`` for its files and ``set_terminated`` (issue 14: 6 calls for a 1-epoch trial,
-  11 before).
+  per trial on the driver, so a trial costs few: ``create_run`` at its start, its params and the worker's tags
+  in its first epoch's ``log_batch``, and at its end one ``log_batch`` (final numbers and outcome tags), one
+  ``log_artifacts`` for its files and ``set_terminated`` (issue 14: 5 calls for a 1-epoch trial, 11 before).
 - *SQLite.* With the default ``sqlite:///<sweep>/mlflow.db`` store, a single writing process never sees
-  "database is locked".
+  "database is locked". On a local disk the store is in write-ahead-log mode (:func:`use_wal`; MLflow's calls
+  took 35% less time), and its log is folded back into ``mlflow.db`` at the sweep's end.
 - *Outages.* A failed call is retried with back-off, then queued; while anything is queued, later calls join
   the queue behind it (so a run's epochs keep their order) and the queue is retried at every Tune step and at
   the end (waiting up to ``ORCH_MLFLOW_WAIT_S``, default 60 s, for the server to come back). A trial's run is
@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import platform
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -54,6 +55,7 @@ from training import metrics
 log = logging.getLogger("orch.tracking")
 
 RETRIES = 2  # ours, around MLflow's own HTTP retries
+PARAMS_WAIT_S = 5.0  # a new run's params ride in its first log_batch, or are sent alone once this old
 FLUSH_BACKOFF_S = 5.0  # during an outage, how often the queue is retried
 TRIAL_KEY_TAG = "orch.trial_key"
 UNLOGGED_PARAMS = ("name", "out_dir")  # config keys that are not logged as params (see Tracker.trial_run)
@@ -79,6 +81,66 @@ def check_reachable(uri: str, timeout: float = 5.0) -> str | None:
             return f"{uri}/health answered HTTP {r.status}"
     except (urllib.error.URLError, OSError) as e:
         return f"cannot reach the MLflow server at {uri}: {getattr(e, 'reason', e)}"
+
+
+def use_wal(uri: str) -> None:
+    """Put a SQLite store on a local disk in write-ahead-log mode, with ``synchronous=NORMAL`` on every connection
+    to it: a commit then appends to the log without an fsync (issue 14: the driver's MLflow calls per trial took
+    35% less time, measured side by side). A killed process loses nothing committed; a power cut can lose the
+    last commits, not the database. Stores on a network file system keep SQLite's default journal, as WAL needs
+    shared memory between the processes that use it. Call while holding :func:`sqlite_init_lock`."""
+    if not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    if _network_fs(db.parent):
+        return
+    _sync_normal_in_wal()
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as c:
+        c.execute("PRAGMA journal_mode=WAL")  # persistent: written into the file
+
+
+def checkpoint_wal(uri: str) -> None:
+    """Copy a WAL store's log into the database file, so ``mlflow.db`` alone holds everything (a copy of the file
+    by itself is then complete). Best effort: a reader holding the log open just leaves it for later."""
+    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).exists():
+        with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(uri[len("sqlite:///"):], timeout=5)) as c:
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _sync_normal_in_wal() -> None:
+    """``synchronous=NORMAL`` for every SQLAlchemy SQLite connection to a database in WAL mode (the setting SQLite
+    recommends for WAL; it is per connection, so it is set as each one opens)."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if event.contains(Engine, "connect", _on_connect):
+        return
+    event.listen(Engine, "connect", _on_connect)
+
+
+def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    if isinstance(dbapi_conn, sqlite3.Connection):
+        cur = dbapi_conn.cursor()
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                cur.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cur.close()
+
+
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "glusterfs", "fuse.glusterfs", "lustre", "ceph",
+              "fuse.ceph", "afs", "fuse.s3fs", "fuse.gcsfuse", "virtiofs", "beegfs", "gpfs")
+
+
+def _network_fs(path: Path, mounts_file: str = "/proc/mounts") -> bool:
+    """Whether ``path`` is on a network file system (by /proc/mounts; False where there is none, e.g. macOS)."""
+    try:
+        mounts = [line.split()[1:3] for line in Path(mounts_file).read_text().splitlines()]
+    except OSError:
+        return False
+    p = str(path.resolve())
+    best = max((m for m in mounts if p == m[0] or p.startswith(m[0].rstrip("/") + "/")), key=lambda m: len(m[0]), default=None)
+    return best is not None and best[1] in NETWORK_FS
 
 
 def git_info(path: Path | None = None) -> dict[str, str]:
@@ -131,6 +193,7 @@ class Tracker:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.uri = uri
         with sqlite_init_lock(uri):  # creating the client creates (migrates) the store
+            use_wal(uri)
             self.client = MlflowClient(tracking_uri=uri)
             exp = self._call(self.client.get_experiment_by_name, experiment, queue=False)
             if exp is None:
@@ -143,6 +206,7 @@ class Tracker:
         self.run_status: dict[str, str] = {}  # run id -> status read back at start (RUNNING, FINISHED, ...)
         self.logged: dict[str, set[int]] = {}  # run id -> epochs logged (an outage can leave gaps, filled at the end)
         self.tagged: set[str] = set()  # runs whose worker tags (host, torch) are set in this invocation
+        self.unsent: dict[str, tuple[float, list[Any]]] = {}  # run id -> (created at, params not sent yet)
         self.pending: list[tuple[Callable[..., Any], tuple, dict]] = []
         self._next_flush = 0.0
         self.failures = 0
@@ -232,6 +296,7 @@ class Tracker:
     def end_sweep(self, status: str, metrics: dict[str, float] | None = None) -> None:
         if self.parent_id is None:
             return
+        self.send_params()
         if metrics:
             self._log_metrics(self.parent_id, metrics, step=0)
         self._call(self.client.set_terminated, self.parent_id, status)
@@ -267,11 +332,18 @@ class Tracker:
         self.runs[key] = run_id
         self.logged[run_id] = set()
         # not the per-trial ``name`` and ``out_dir``: the run's name and its tag orch.out_dir carry them, and as
-        # params they would differ between every two runs, so the UI's compare view would plot them first
-        items = [Param(k, _param(v)) for k, v in params.items() if k not in UNLOGGED_PARAMS]
-        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self._call(self.client.log_batch, run_id, params=items[i : i + 100])
+        # params they would differ between every two runs, so the UI's compare view would plot them first.
+        # They go with the run's first log_batch (its first epoch, for a short trial: one call fewer per trial),
+        # or alone after PARAMS_WAIT_S (send_params, at a Tune step), so a long epoch does not hide them.
+        self.unsent[run_id] = (time.time(), [Param(k, _param(v)) for k, v in params.items() if k not in UNLOGGED_PARAMS])
         return run_id
+
+    def send_params(self, older_than: float = 0.0) -> None:
+        """Send the params of runs created at least ``older_than`` seconds ago that have logged nothing since."""
+        now = time.time()
+        for run_id, (created, _) in list(self.unsent.items()):
+            if now - created >= older_than:
+                self._log_batch(run_id, [], {})
 
     def finished_with(self, key: str, status: str) -> bool:
         """Whether the trial's run was already closed with ``status`` when this invocation started."""
@@ -317,6 +389,8 @@ class Tracker:
         """Runs of trials this invocation left unfinished (Ctrl-C, a budget) become KILLED; a resume reopens them."""
         for key in keys:
             if key in self.runs:
+                if self.runs[key] in self.unsent:
+                    self._log_batch(self.runs[key], [], {})
                 self._call(self.client.set_terminated, self.runs[key], "KILLED")
 
     def fail_trial(self, run_id: str, error: str) -> None:
@@ -328,15 +402,19 @@ class Tracker:
         self._log_batch(run_id, _metrics(record, step), {})
 
     def _log_batch(self, run_id: str, metrics: list[Any], tags: dict[str, Any]) -> None:
-        """Metrics and tags (None values left out) in as few ``log_batch`` calls as MLflow's limits allow (1000
-        entries, at most 100 of them tags): one, for an epoch or a trial's final numbers."""
+        """Metrics and tags (None values left out), with the run's params not sent yet, in as few ``log_batch``
+        calls as MLflow's limits allow (1000 entries, at most 100 params and 100 tags): one, for an epoch or a
+        trial's final numbers."""
         from mlflow.entities import RunTag
 
+        params = self.unsent.pop(run_id, (0.0, []))[1]
         rtags = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
-        while metrics or rtags:
+        while metrics or rtags or params:
+            p, params = params[:100], params[100:]
             t, rtags = rtags[:100], rtags[100:]
-            m, metrics = metrics[: 1000 - len(t)], metrics[1000 - len(t):]
-            self._call(self.client.log_batch, run_id, metrics=m, tags=t)
+            room = 1000 - len(p) - len(t)
+            m, metrics = metrics[:room], metrics[room:]
+            self._call(self.client.log_batch, run_id, metrics=m, params=p, tags=t)
 
 
 def sweep_tracker(spec: Any, sweep_dir: Path, uri: str, resume: bool, command: str) -> "Tracker":
@@ -387,12 +465,20 @@ def _param(v: Any) -> str:
 
 def environment_tags() -> dict[str, str]:
     """Driver-side provenance tags for the parent run."""
-    import torch
+    version, cuda = torch_build()
+    return {**git_info(), "host": platform.node(), "python": platform.python_version(), "torch": version, "cuda": cuda}
 
-    return {
-        **git_info(),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda or "none",
-    }
+
+def torch_build() -> tuple[str, str]:
+    """torch's ``__version__`` and ``version.cuda`` without importing torch (2-10 s and ~700 MB in the driver, which
+    never runs a tensor): read from torch/version.py, the file torch generates at build time."""
+    import importlib.util
+
+    try:
+        ns: dict[str, Any] = {}
+        exec(Path(importlib.util.find_spec("torch").origin).with_name("version.py").read_text(), ns)  # noqa: S102
+        return str(ns["__version__"]), str(ns.get("cuda") or "none")
+    except Exception:  # noqa: BLE001 - an unusual build: ask torch itself
+        import torch
+
+        return torch.__version__, torch.version.cuda or "none"

@@ -3,8 +3,11 @@
 ``train_trial(config, ctx)`` builds the trial's ``RunConfig`` (the sweep's base + the swept values + seed, with
 ``out_dir = <sweep>/trials/<name>-<key>``, absolute), sets torch's threads to the CPUs Tune gave the trial
 (stack.md Q6: more threads than CPUs costs 28-39% on 2 cores), and iterates ``training.run``. Every record
-(epoch, then final) goes to ``tune.report`` with a checkpoint of the trial folder, so a retried trial
-(``FailureConfig(max_failures)``) or a resumed sweep continues from the last epoch Tune knows about.
+(epoch, then final) goes to ``tune.report``, each epoch with a checkpoint of the trial folder, so a retried trial
+(``FailureConfig(max_failures)``) or a resumed sweep continues from the last epoch Tune knows about. The final
+record carries none: nothing is resumed after it (a trial retried or resumed from its last epoch's checkpoint
+evaluates again), the driver reads the finished trial's folder, and a second checkpoint per 1-epoch trial made
+Tune snapshot the whole experiment after every trial (``CheckpointConfig(num_to_keep=2)``: issue 14).
 
 Where a trial restarts from (the honest-resume rules):
 
@@ -56,7 +59,7 @@ def _deterministic() -> tuple[type[Exception], ...]:
     return (DatasetUnavailable, ConfigError)
 LOCK_WAIT_S = 120.0  # how long a restarted trial waits for a predecessor worker to die
 # files of a trial folder that a checkpoint carries (everything run() needs to resume, and its results)
-CURVES_PNG = "curves.png"  # the trial's per-epoch curves, drawn here at its end (the driver logs it to MLflow)
+CURVES_PNG = "curves.png"  # the trial's per-epoch curves (2+ epochs), drawn here at its end (the driver logs it to MLflow)
 CHECKPOINT_FILES = ("last.pt", "best.pt", metrics.METRICS_FILE, metrics.CONFIG_FILE, metrics.RESULTS_FILE,
                     "orch_trial.json", "orch_state.json", CURVES_PNG)
 
@@ -104,7 +107,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         meta = {
             "orch/key": trial["key"], "orch/name": trial["name"], "orch/out_dir": str(out_dir),
             "orch/host": socket.gethostname(), "orch/pid": os.getpid(), "orch/attempt": state["attempts"],
-            "orch/torch": torch.__version__, "orch/cuda": torch.version.cuda or "none",
+            "orch/torch": str(torch.__version__), "orch/cuda": torch.version.cuda or "none",  # a str: torch's TorchVersion would import torch into the driver that unpickles it
             "orch/config_hash": cfg.hash(), "orch/threads": torch.get_num_threads(),
         }
         (out_dir / "orch_trial.json").write_text(json.dumps({**trial, **meta}, indent=2, default=str))
@@ -139,7 +142,7 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
                 if rec.get("final"):
                     with span("worker/curves_png", trial["key"]):
                         _draw_curves(out_dir, trial["name"])
-                report(rec)
+                report(rec, with_checkpoint=not rec.get("final"))
                 t_run = time.perf_counter()
                 if ctx.crash_once and not rec.get("final"):
                     _maybe_crash(ctx.crash_once, trial["name"])
@@ -163,7 +166,7 @@ def _draw_curves(out_dir: Path, name: str) -> None:
     from orchestrator.figures import plot_trial_curves
 
     epochs = metrics.read_epochs(out_dir)
-    if epochs:
+    if len(epochs) >= 2:  # one epoch is a point, not a curve (and the plot would cost a short trial ~20% of its time)
         plot_trial_curves(epochs, out_dir / CURVES_PNG, title=name)
 
 

@@ -15,7 +15,8 @@ sets, and why (stack.md is the evidence):
 - **Scheduler**: FIFO, or ASHA on ``epoch`` (the trials' own epoch counter, which survives retries, unlike
   ``training_iteration``), with ``stop_last_trials=False`` so a trial that survives every rung reaches its final
   evaluation; trials ASHA cuts end with status/outcome ``stopped`` and their last epoch's numbers.
-- **Checkpoints**: every report carries one; ``CheckpointConfig(num_to_keep=2)`` (Tune forces a snapshot when a
+- **Checkpoints**: every epoch's report carries one (the final record none: trainable.py);
+  ``CheckpointConfig(num_to_keep=2)`` (Tune forces a snapshot when a
   trial has written ``num_to_keep`` checkpoints since the last one, so the snapshot never points to a deleted
   one); ``FailureConfig(max_failures)`` retries a crashed trial from its latest checkpoint.
 - **Resume**: ``Tuner.restore(..., resume_unfinished=True, resume_errored=True)``: finished trials are not run
@@ -73,6 +74,8 @@ from orchestrator.live import LiveView  # noqa: E402
 from orchestrator.results import ResultsFile  # noqa: E402
 from orchestrator.search import ALGORITHMS, fail_zombie_optuna_trials, tune_search  # noqa: E402
 from orchestrator.spec import SweepSpec  # noqa: E402
+from orchestrator.timing import span  # noqa: E402
+from orchestrator.tracking import checkpoint_wal  # noqa: E402
 from orchestrator.trainable import CRASH_ONCE_ENV, TrialContext, train_trial  # noqa: E402
 
 log = logging.getLogger("orch.tuner")
@@ -137,13 +140,15 @@ def run_sweep(spec: SweepSpec, *, sweep_dir: Path, resume: bool = False, address
     # MLflow start-up (import 2.4 s, a fresh SQLite store 2.9 s: stack.md Q3) overlaps Ray's (~5 s)
     mlflow_start = _Background(lambda: tracking.sweep_tracker(spec, sweep_dir, uri, resume, command)) if uri else None
     handler: SweepCallback | None = None
-    own_ray = _start_ray(address)
+    with span("driver/ray_start"):
+        own_ray = _start_ray(address)
     try:
         cpus, gpus = cluster_capacity()
         if address and (spec.resources.cpu > cpus or spec.resources.gpu > gpus):
             console.print(f"[yellow]warning[/]: each trial asks for {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU; "
                           f"the cluster has {cpus:g} / {gpus:g} now. Trials wait until its autoscaler adds nodes.")
-        tracker = mlflow_start.result(f"MLflow at {uri} could not be used") if mlflow_start else None
+        with span("driver/mlflow_wait"):  # what is left of MLflow's start-up once Ray is up
+            tracker = mlflow_start.result(f"MLflow at {uri} could not be used") if mlflow_start else None
         concurrency = spec.max_concurrent_trials or max(1, int(cpus // spec.resources.cpu))
         if spec.resources.gpu:
             concurrency = min(concurrency, max(1, int(gpus // spec.resources.gpu)))
@@ -155,13 +160,14 @@ def run_sweep(spec: SweepSpec, *, sweep_dir: Path, resume: bool = False, address
         handler = HANDLERS[str(sweep_dir)] = SweepCallback(spec, ctx, sweep_dir, tracker, results, live)
         trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
         tuner = _tuner(spec, sweep_dir, trainable, concurrency, resume, results, console)
-        with live:
+        with live, span("driver/fit"):
             grid = tuner.fit() if tuner is not None else []
         results.flush()
         handler.reconcile(grid)
         if not ALGORITHMS[spec.search.algorithm].planned:
             fail_zombie_optuna_trials(sweepdir.optuna_url(sweep_dir, spec), spec.name)
-        return _finish(spec, handler, sweep_dir, uri, t0, console)
+        with span("driver/finish"):
+            return _finish(spec, handler, sweep_dir, uri, t0, console)
     finally:
         if handler is not None:  # an interrupted sweep keeps every row it has
             try:
@@ -170,7 +176,8 @@ def run_sweep(spec: SweepSpec, *, sweep_dir: Path, resume: bool = False, address
                 log.warning("could not write %s: %s", handler.results.path, e)
         HANDLERS.pop(str(sweep_dir), None)
         if own_ray:
-            ray.shutdown()
+            with span("driver/ray_shutdown"):
+                ray.shutdown()
         lock.close()
 
 
@@ -294,5 +301,6 @@ def _finish(spec: SweepSpec, handler: SweepCallback, sweep_dir: Path, uri: str |
         tracker.end_sweep("KILLED" if interrupted else ("FAILED" if counts.get("failed") else "FINISHED"),
                           {"trials_finished": counts.get("finished", 0), "trials_failed": counts.get("failed", 0), "wall_s": wall})
         deliver(tracker, handler, deadline, console)
+        checkpoint_wal(tracker.uri)
     return SweepResult(sweep_dir, uri, spec.name, tracker.parent_id if tracker else None, wall, spec.num_trials,
                        counts, interrupted, len(tracker.pending) if tracker else 0, sorted(handler.deferred))

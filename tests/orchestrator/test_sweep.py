@@ -71,7 +71,19 @@ def test_one_mlflow_run_per_trial_nested_under_the_parent(grid_sweep) -> None:
         assert c.data.metrics["best/pgd10_eps8"] == pytest.approx(row["best/pgd10_eps8"])
         assert "pid" not in c.data.metrics and "timestamp" not in c.data.metrics  # no Tune bookkeeping
         arts = {a.path for a in client.list_artifacts(c.info.run_id)}
-        assert arts == {"config.json", "results.json", "robustness.json", "curves.png"}
+        # one epoch: no curves.png (a point, not a curve; test_trainable draws one for two epochs)
+        assert arts == {"config.json", "results.json", "robustness.json"}
+
+
+def test_only_epoch_records_carry_a_tune_checkpoint(grid_sweep) -> None:
+    """Issue 14: each of the four 1-epoch trials has one Tune checkpoint (its epoch), not two: the final record
+    carries none (a second one per trial forced a snapshot of the whole experiment after every trial). The driver
+    took the trial's results from its folder: MLflow has its results.json (test above)."""
+    trials = [d for d in (grid_sweep["dir"] / "ray").iterdir() if d.is_dir() and list(d.glob("checkpoint_*"))]
+    assert len(trials) == 4
+    for d in trials:
+        [ckpt] = d.glob("checkpoint_*")
+        assert (ckpt / "last.pt").exists() and not (ckpt / "results.json").exists()
 
 
 def test_predicted_metric_names_match_the_training_core(grid_sweep) -> None:
@@ -158,3 +170,39 @@ def test_asha_cuts_a_weak_trial_and_lets_the_survivor_finish_its_evaluation(ray_
     runs = {r.info.run_name: r for r in _runs(tmp_path / "sweeps" / "asha", "asha") if "orch.trial_key" in r.data.tags}
     assert runs["lr=0.001,seed=0"].info.status == "KILLED" and runs["lr=0.1,seed=0"].info.status == "FINISHED"
     assert "Outcomes" in res.output and "1 stop" in res.output
+
+
+def test_the_sweep_driver_never_imports_torch(write_sweep, tmp_path) -> None:
+    """Issue 14: `orch sweep` runs no tensor in the driver, so it does not import torch (2-10 s and ~600 MB a
+    command): GPUs are counted as Ray counts them, the generated and embedded datasets are not checked through
+    torch, and nothing a worker reports unpickles into a torch object (its torch version was a TorchVersion).
+    A real sweep in its own process, with an import hook that refuses torch in the driver only (its Ray workers
+    inherit the environment with the hook switched off)."""
+    import os
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('ORCH_TEST_NO_TORCH') == 'driver':\n"
+        "    os.environ['ORCH_TEST_NO_TORCH'] = 'worker'  # what the workers Ray starts from here inherit\n"
+        "    class _Refuse:  # an import of torch, not importlib.util.find_spec (which only locates it)\n"
+        "        def find_spec(self, name, path=None, target=None):\n"
+        "            if name == 'torch' or name.startswith('torch.'):\n"
+        "                f = sys._getframe(1)\n"
+        "                while f is not None and f.f_globals.get('__name__') != 'importlib.util':\n"
+        "                    f = f.f_back\n"
+        "                if f is None:\n"
+        "                    raise ImportError('torch imported in the sweep driver')\n"
+        "    sys.meta_path.insert(0, _Refuse())\n")
+    f = write_sweep("no-torch", axes={"method.k": [1]}, seeds=2)
+    env = {**os.environ, "ORCH_TEST_NO_TORCH": "driver", "COLUMNS": "200",
+           "PYTHONPATH": os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH"), str(Path(__file__).resolve().parents[2])])])}
+    r = subprocess.run([sys.executable, "-m", "orchestrator", "sweep", str(f), "--data-dir", str(tmp_path / "d")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "torch imported in the sweep driver" not in r.stdout + r.stderr
+    rows, _ = read_rows(tmp_path / "d" / "sweeps" / "no-torch" / "results.parquet")
+    assert sorted(r["status"] for r in rows) == ["finished", "finished"]

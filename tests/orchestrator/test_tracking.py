@@ -2,6 +2,9 @@
 never logs an epoch twice, and closes the parent run of a driver that died."""
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import mlflow.tracking
 
 from orchestrator.tracking import Tracker
@@ -106,3 +109,86 @@ def test_batches_keep_within_mlflows_limits(tmp_path) -> None:
     r = mlflow.tracking.MlflowClient(uri).get_run(run)
     assert len([k for k in r.data.metrics if k.startswith("m")]) == 1500 and r.data.metrics["m1499"] == 1499.0
     assert {f"tag{i}" for i in range(150)} <= set(r.data.tags)
+
+
+def test_a_new_runs_params_ride_in_its_first_batch_and_are_never_lost(tmp_path, monkeypatch) -> None:
+    """Issue 14: a trial's params go with its first log_batch (one call fewer per trial), or alone once the run
+    is PARAMS_WAIT_S old with nothing logged (a long first epoch), or before a run is closed unfinished; more
+    than MLflow's 100 params per batch are split."""
+    import orchestrator.tracking as tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tr = Tracker(uri, "exp", artifact_location=(tmp_path / "art").as_uri())
+    tr.start_sweep("sweep", {}, {"num_trials": 3})
+    calls: list[tuple[str, int]] = []
+    real = tr.client
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(real, name)
+
+            def call(*a, **k):
+                calls.append((name, len(k.get("params") or ())))
+                return fn(*a, **k)
+
+            call.__name__ = name
+            return call
+
+    tr.client = Counting()
+    params = {f"p{i}": i for i in range(150)}
+    short = tr.trial_run("short", "short", {"method.k": 1, "name": "short", "out_dir": "/x"}, {})
+    assert calls == [("create_run", 0)]
+    tr.log_epoch(short, {"epoch": 1, "val/pgd_acc": 0.1}, {"host": "h"})
+    assert calls[1:] == [("log_batch", 1)]  # method.k only: name and out_dir are not params
+
+    long = tr.trial_run("long", "long", params, {})
+    calls.clear()
+    tr.send_params(older_than=tracking.PARAMS_WAIT_S)
+    assert calls == []  # too young: they would ride with its first epoch
+    now = time.time()
+    monkeypatch.setattr(tracking.time, "time", lambda: now + tracking.PARAMS_WAIT_S)
+    tr.send_params(older_than=tracking.PARAMS_WAIT_S)
+    assert calls == [("log_batch", 100), ("log_batch", 50)]
+    monkeypatch.undo()
+    calls.clear()
+    tr.log_epoch(long, {"epoch": 1, "val/pgd_acc": 0.1})
+    assert calls == [("log_batch", 0)]  # sent once
+
+    killed = tr.trial_run("killed", "killed", {"method.k": 40}, {})
+    tr.close_unfinished({"killed"})
+    tr.end_sweep("KILLED")
+    client = mlflow.tracking.MlflowClient(uri)
+    assert client.get_run(short).data.params == {"method.k": "1"}
+    assert client.get_run(long).data.params == {k: str(v) for k, v in params.items()}
+    r = client.get_run(killed)
+    assert r.data.params == {"method.k": "40"} and r.info.status == "KILLED"
+
+
+def test_a_local_sqlite_store_is_in_wal_mode_and_one_file_after_the_sweep(tmp_path) -> None:
+    """Issue 14: the store's commits append to a write-ahead log without an fsync each (synchronous=NORMAL on every
+    connection to a WAL database); at the sweep's end the log is copied into mlflow.db, so the file alone holds
+    every run. A store on a network file system keeps SQLite's default journal."""
+    import shutil
+    import sqlite3
+
+    from orchestrator.tracking import _network_fs, checkpoint_wal
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tr = Tracker(uri, "exp", artifact_location=(tmp_path / "art").as_uri())
+    run = tr.trial_run("key1", "t", {"method.k": 1}, {})
+    tr.log_epoch(run, {"epoch": 1, "val/pgd_acc": 0.1})
+    with sqlite3.connect(tmp_path / "mlflow.db") as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store = tr.client._tracking_client.store
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL (FULL is 2)
+    checkpoint_wal(uri)
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "mlflow.db", tmp_path / "copy" / "mlflow.db")  # the file alone, without mlflow.db-wal
+    r = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path}/copy/mlflow.db").get_run(run)
+    assert r.data.params == {"method.k": "1"} and r.data.metrics["val/pgd_acc"] == 0.1
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\nserver:/export /shared nfs4 rw 0 0\n")
+    assert _network_fs(Path("/shared/sweeps/x"), str(mounts)) and _network_fs(Path("/shared"), str(mounts))
+    assert not _network_fs(Path("/sharedother/x"), str(mounts)) and not _network_fs(Path("/home/u"), str(mounts))

@@ -61,3 +61,20 @@ def test_trial_dir_is_safe_and_unique(tmp_path) -> None:
     a = trial_dir(tmp_path, "#1:method={'name': 'pgd/at'},seed=0", "0123456789ab")
     b = trial_dir(tmp_path, "#1:method={'name': 'pgd/at'},seed=0", "ba9876543210")
     assert a.parent == tmp_path and b.parent == tmp_path and a != b and "/" not in a.name
+
+
+def test_curves_are_drawn_for_two_epochs_or_more_not_for_one(trial_copy) -> None:
+    """Issue 14: a trial's curves.png is its per-epoch curves; one epoch is a point, and drawing it cost a 1-epoch
+    trial ~20% of its time, so a 1-epoch trial has none (its numbers are its MLflow metrics) and a longer one has."""
+    from orchestrator.trainable import CURVES_PNG, _draw_curves
+
+    d, _ = trial_copy
+    (d / CURVES_PNG).unlink(missing_ok=True)
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    _draw_curves(d, "one epoch")
+    assert not (d / CURVES_PNG).exists()
+    second = json.loads(lines[0]) | {"epoch": 2}
+    (d / "metrics.jsonl").write_text("\n".join([lines[0], json.dumps(second)]) + "\n")
+    _draw_curves(d, "two epochs")
+    assert (d / CURVES_PNG).stat().st_size > 1000
