@@ -128,7 +128,7 @@ def sweep(
     errors = []
     if not address:
         try:
-            check_resources(spec, float(os.cpu_count() or 1), float(_gpu_count()))
+            check_resources(spec, float(os.cpu_count() or 1), float(_gpu_count(ask_torch=bool(spec.resources.gpu) and not dry_run)))
         except SpecErrors as e:
             if not dry_run:
                 errors += e.errors
@@ -189,9 +189,11 @@ def data_problems(spec: SweepSpec) -> list:
     return out
 
 
-def _gpu_count() -> int:
+def _gpu_count(ask_torch: bool = False) -> int:
     """GPUs on this machine, counted without importing torch (2-10 s and ~700 MB in the driver, which never runs
-    a tensor) and as Ray counts what it schedules: ``CUDA_VISIBLE_DEVICES`` when set, else the NVIDIA driver's list."""
+    a tensor) and as Ray counts what it schedules: ``CUDA_VISIBLE_DEVICES`` when set, else the NVIDIA driver's list.
+    Where that list finds none and ``ask_torch`` (a sweep that needs GPUs, about to run), torch is asked before the
+    sweep is refused: some set-ups (WSL2, some containers) have GPUs without ``/proc/driver/nvidia``."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         ids = [x.strip() for x in visible.split(",") if x.strip()]
@@ -199,7 +201,11 @@ def _gpu_count() -> int:
     try:
         return len(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:
-        return 0
+        if not ask_torch:
+            return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _run(spec: SweepSpec, sdir: Path, *, resume: bool, address: str | None, tracking_uri: str | None, file: Path,
